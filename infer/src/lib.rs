@@ -1,0 +1,1 @@
+//! Serving the ONNX model over HTTP on Lambda and as a server (work in progress).

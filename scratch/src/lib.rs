@@ -1,0 +1,1 @@
+//! Pure-Rust 2-D convolution (work in progress).

