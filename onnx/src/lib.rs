@@ -1,0 +1,12 @@
+//! The ONNX file format as far as this project needs it, and the contract that travels inside
+//! every exported model.
+//!
+//! - [`proto`]: `prost` structs for the ONNX protobuf messages, with field numbers from the ONNX
+//!   specification (`onnx/onnx.proto`), written by hand so the build needs no `protoc`.
+//! - [`metadata`]: the `metadata_props` keys that `train export` writes and `infer` reads: class
+//!   names, input size, normalisation, provenance.
+
+pub mod metadata;
+pub mod proto;
+
+pub use metadata::{MetadataError, ModelMetadata};

@@ -1,0 +1,258 @@
+//! The model's contract, stored in the ONNX file's `metadata_props`: everything the server needs
+//! to serve a model correctly travels inside the file.
+//!
+//! Every value is a string (as ONNX requires); lists and per-channel numbers are JSON arrays.
+//! Pixels are scaled to `[0, 1]` before `(x - mean) / std`.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Version of this key set; bumped when a key changes meaning.
+pub const CONTRACT_VERSION: &str = "1";
+
+pub mod keys {
+    pub const CONTRACT_VERSION: &str = "contract_version";
+    pub const CLASS_NAMES: &str = "class_names";
+    pub const INPUT_HEIGHT: &str = "input_height";
+    pub const INPUT_WIDTH: &str = "input_width";
+    pub const CHANNEL_ORDER: &str = "channel_order";
+    pub const LAYOUT: &str = "layout";
+    pub const MEAN: &str = "mean";
+    pub const STD: &str = "std";
+    pub const ARCHITECTURE: &str = "architecture";
+    pub const WIDTH: &str = "width";
+    pub const DATASET: &str = "dataset";
+    pub const TEST_ACCURACY: &str = "test_accuracy";
+    pub const EPOCHS: &str = "epochs";
+    pub const GIT_COMMIT: &str = "git_commit";
+    pub const EXPORTED_AT: &str = "exported_at";
+    pub const PROJECT_VERSION: &str = "project_version";
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MetadataError {
+    #[error("model metadata has no `{0}` entry")]
+    Missing(&'static str),
+    #[error("model metadata `{key}` = {value:?} is invalid: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// What `train export` writes and `infer` reads back.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelMetadata {
+    /// Class names in label order (index = class id).
+    pub class_names: Vec<String>,
+    pub input_height: u32,
+    pub input_width: u32,
+    /// `"RGB"`.
+    pub channel_order: String,
+    /// `"NCHW"`.
+    pub layout: String,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// e.g. `"resnet18-cifar"`.
+    pub architecture: String,
+    /// Channels of the first stage (64 for the standard ResNet-18).
+    pub width: u32,
+    pub dataset: String,
+    /// Top-1 accuracy on the test split, in `[0, 1]`, when the model was evaluated.
+    pub test_accuracy: Option<f64>,
+    pub epochs: Option<u32>,
+    pub git_commit: Option<String>,
+    /// RFC 3339 time of the export.
+    pub exported_at: Option<String>,
+    pub project_version: String,
+}
+
+impl ModelMetadata {
+    /// The `(key, value)` pairs for `ModelProto.metadata_props`, in a stable order.
+    pub fn to_props(&self) -> Vec<(String, String)> {
+        let mut props = vec![
+            (keys::CONTRACT_VERSION, CONTRACT_VERSION.to_owned()),
+            (keys::CLASS_NAMES, json(&self.class_names)),
+            (keys::INPUT_HEIGHT, self.input_height.to_string()),
+            (keys::INPUT_WIDTH, self.input_width.to_string()),
+            (keys::CHANNEL_ORDER, self.channel_order.clone()),
+            (keys::LAYOUT, self.layout.clone()),
+            (keys::MEAN, json(&self.mean)),
+            (keys::STD, json(&self.std)),
+            (keys::ARCHITECTURE, self.architecture.clone()),
+            (keys::WIDTH, self.width.to_string()),
+            (keys::DATASET, self.dataset.clone()),
+            (keys::PROJECT_VERSION, self.project_version.clone()),
+        ];
+        if let Some(acc) = self.test_accuracy {
+            props.push((keys::TEST_ACCURACY, acc.to_string()));
+        }
+        if let Some(epochs) = self.epochs {
+            props.push((keys::EPOCHS, epochs.to_string()));
+        }
+        if let Some(commit) = &self.git_commit {
+            props.push((keys::GIT_COMMIT, commit.clone()));
+        }
+        if let Some(at) = &self.exported_at {
+            props.push((keys::EXPORTED_AT, at.clone()));
+        }
+        props.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    /// Reads the contract back; `get` looks a key up (e.g. ort's `ModelMetadata::custom`).
+    pub fn from_props(get: impl Fn(&str) -> Option<String>) -> Result<Self, MetadataError> {
+        let required = |key: &'static str| get(key).ok_or(MetadataError::Missing(key));
+        let version = required(keys::CONTRACT_VERSION)?;
+        if version != CONTRACT_VERSION {
+            return Err(invalid(
+                keys::CONTRACT_VERSION,
+                &version,
+                format!("this build reads version {CONTRACT_VERSION}"),
+            ));
+        }
+        let class_names: Vec<String> = parse_json(keys::CLASS_NAMES, &required(keys::CLASS_NAMES)?)?;
+        if class_names.is_empty() {
+            return Err(invalid(keys::CLASS_NAMES, "[]", "no classes".into()));
+        }
+        let std: [f32; 3] = parse_json(keys::STD, &required(keys::STD)?)?;
+        if std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+            return Err(invalid(
+                keys::STD,
+                &format!("{std:?}"),
+                "every std must be positive".into(),
+            ));
+        }
+        Ok(Self {
+            class_names,
+            input_height: parse(keys::INPUT_HEIGHT, &required(keys::INPUT_HEIGHT)?)?,
+            input_width: parse(keys::INPUT_WIDTH, &required(keys::INPUT_WIDTH)?)?,
+            channel_order: required(keys::CHANNEL_ORDER)?,
+            layout: required(keys::LAYOUT)?,
+            mean: parse_json(keys::MEAN, &required(keys::MEAN)?)?,
+            std,
+            architecture: required(keys::ARCHITECTURE)?,
+            width: parse(keys::WIDTH, &required(keys::WIDTH)?)?,
+            dataset: required(keys::DATASET)?,
+            test_accuracy: get(keys::TEST_ACCURACY)
+                .map(|v| parse(keys::TEST_ACCURACY, &v))
+                .transpose()?,
+            epochs: get(keys::EPOCHS).map(|v| parse(keys::EPOCHS, &v)).transpose()?,
+            git_commit: get(keys::GIT_COMMIT),
+            exported_at: get(keys::EXPORTED_AT),
+            project_version: required(keys::PROJECT_VERSION)?,
+        })
+    }
+}
+
+fn invalid(key: &'static str, value: &str, reason: String) -> MetadataError {
+    MetadataError::Invalid {
+        key,
+        value: value.to_owned(),
+        reason,
+    }
+}
+
+fn parse<T: std::str::FromStr>(key: &'static str, value: &str) -> Result<T, MetadataError>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .trim()
+        .parse()
+        .map_err(|e: T::Err| invalid(key, value, e.to_string()))
+}
+
+fn parse_json<T: DeserializeOwned>(key: &'static str, value: &str) -> Result<T, MetadataError> {
+    serde_json::from_str(value).map_err(|e| invalid(key, value, e.to_string()))
+}
+
+/// JSON text of a list of strings or numbers, which always serialises.
+fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn sample() -> ModelMetadata {
+        ModelMetadata {
+            class_names: vec!["cat".into(), "dog \"quoted\"".into()],
+            input_height: 32,
+            input_width: 32,
+            channel_order: "RGB".into(),
+            layout: "NCHW".into(),
+            mean: [0.49, 0.48, 0.45],
+            std: [0.25, 0.24, 0.26],
+            architecture: "resnet18-cifar".into(),
+            width: 16,
+            dataset: "CIFAR-10".into(),
+            test_accuracy: Some(0.9234),
+            epochs: Some(40),
+            git_commit: Some("abc123".into()),
+            exported_at: Some("2026-11-25T18:00:00Z".into()),
+            project_version: "0.1.0".into(),
+        }
+    }
+
+    fn lookup(props: &[(String, String)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = props.iter().cloned().collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let meta = sample();
+        assert_eq!(ModelMetadata::from_props(lookup(&meta.to_props())), Ok(meta));
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent() {
+        let meta = ModelMetadata {
+            test_accuracy: None,
+            epochs: None,
+            git_commit: None,
+            exported_at: None,
+            ..sample()
+        };
+        assert_eq!(ModelMetadata::from_props(lookup(&meta.to_props())), Ok(meta));
+    }
+
+    #[test]
+    fn names_the_missing_or_bad_key() {
+        let mut props = sample().to_props();
+        props.retain(|(k, _)| k != keys::CLASS_NAMES);
+        assert_eq!(
+            ModelMetadata::from_props(lookup(&props)),
+            Err(MetadataError::Missing(keys::CLASS_NAMES))
+        );
+
+        let mut props = sample().to_props();
+        for (k, v) in &mut props {
+            if k == keys::STD {
+                *v = "[0.2, 0.0, 0.2]".into();
+            }
+        }
+        let err = ModelMetadata::from_props(lookup(&props))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("`std`"), "{err}");
+
+        let mut props = sample().to_props();
+        for (k, v) in &mut props {
+            if k == keys::INPUT_WIDTH {
+                *v = "wide".into();
+            }
+        }
+        assert!(matches!(
+            ModelMetadata::from_props(lookup(&props)),
+            Err(MetadataError::Invalid {
+                key: keys::INPUT_WIDTH,
+                ..
+            })
+        ));
+    }
+}
