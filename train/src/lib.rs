@@ -1,1 +1,4 @@
-//! ResNet-18 on libtorch: model, data, training, ONNX export (work in progress).
+//! ResNet-18 from scratch on libtorch (`tch`, no `tch::vision`): the network, the CIFAR-10 data
+//! layouts, training with checkpoints, and the project's own ONNX exporter.
+
+pub mod model;
