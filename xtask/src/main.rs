@@ -5,10 +5,14 @@
 //! model. Every command that needs the runtimes runs `setup` first, so a fresh clone needs no
 //! manual step.
 
+mod lint;
 mod native;
+mod package;
 mod paths;
 mod tasks;
 mod tools;
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -32,6 +36,20 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the Lambda zip: `infer` as `bootstrap`, `libonnxruntime.so`, and optionally the model.
+    Package {
+        #[arg(long, value_enum, default_value_t = package::Arch::Arm64)]
+        arch: package::Arch,
+        /// The ONNX model to put in the zip as `model.onnx`; without it the function loads its
+        /// model from S3 (the template's `ModelKey`).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Where to write the zip [default: target/lambda/infer-<arch>.zip].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run the infrastructure linters (cfn-lint, checkov, actionlint, zizmor, hadolint).
+    Lint,
 }
 
 fn main() -> Result<()> {
@@ -40,5 +58,7 @@ fn main() -> Result<()> {
         Command::Setup => tasks::setup().map(|env| env.print()),
         Command::Test => tasks::test(),
         Command::Serve { args } => tasks::serve(&args),
+        Command::Package { arch, model, out } => tasks::package(arch, model.as_deref(), out),
+        Command::Lint => tasks::lint(),
     }
 }

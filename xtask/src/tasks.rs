@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{native, paths, tools};
+use crate::{lint, native, package, paths, tools};
 
 /// What set-up produced; every task runs its commands with this environment.
 #[derive(Debug)]
@@ -87,7 +87,10 @@ impl Env {
         if let Some(dir) = &self.libtorch {
             println!("LIBTORCH={}", dir.display());
         }
-        println!("ORT_DYLIB_PATH={}", self.ort_dir.join("x86_64/libonnxruntime.so").display());
+        println!(
+            "ORT_DYLIB_PATH={}",
+            self.ort_dir.join("x86_64/libonnxruntime.so").display()
+        );
         if let Some(dir) = &self.tools {
             println!("tools: {}", dir.join("bin").display());
         }
@@ -138,6 +141,20 @@ pub fn test() -> Result<()> {
         ]),
     )?;
     run_step("tests", env.command("cargo").args(["test", "--workspace", "--locked"]))?;
+    lint::run(&env)?;
+    // No --model: `infer` embeds models/ at build time, and S3 mode needs none in the zip.
+    let arch = package::Arch::Arm64;
+    package::package(&env, arch, None, &package::default_output(arch))?;
+    Ok(())
+}
+
+pub fn lint() -> Result<()> {
+    lint::run(&prepare(Needs::All)?)
+}
+
+pub fn package(arch: package::Arch, model: Option<&Path>, out: Option<PathBuf>) -> Result<()> {
+    let env = prepare(Needs::All)?;
+    package::package(&env, arch, model, &out.unwrap_or_else(|| package::default_output(arch)))?;
     Ok(())
 }
 

