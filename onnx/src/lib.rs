@@ -3,9 +3,12 @@
 //!
 //! - [`proto`]: `prost` structs for the ONNX protobuf messages, with field numbers from the ONNX
 //!   specification (`onnx/onnx.proto`), written by hand so the build needs no `protoc`.
+//! - [`checksum`]: the `model.onnx.sha256` sidecar written next to every export and checked by
+//!   the server before loading.
 //! - [`metadata`]: the `metadata_props` keys that `train export` writes and `infer` reads: class
 //!   names, input size, normalisation, provenance.
 
+pub mod checksum;
 pub mod metadata;
 pub mod proto;
 

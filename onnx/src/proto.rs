@@ -200,3 +200,32 @@ pub mod tensor_shape_proto {
         }
     }
 }
+
+impl ModelProto {
+    /// The protobuf encoding, i.e. the bytes of a `.onnx` file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(self)
+    }
+
+    /// Parses a `.onnx` file's bytes; fields this crate does not model are skipped.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+        <Self as prost::Message>::decode(bytes)
+    }
+}
+
+/// Oldest and newest `ai.onnx` opset the exporter writes: 17 is the floor, 23 is the
+/// newest in ONNX 1.18/1.19 (ONNX Runtime 1.31 reads it).
+pub const OPSETS: std::ops::RangeInclusive<i64> = 17..=23;
+
+/// The IR version that the ONNX release introducing `opset` wrote (ONNX's versioning table:
+/// 1.12-1.13 -> IR 8, 1.14-1.15 -> IR 9, 1.16-1.17 -> IR 10, 1.18 -> IR 11), so that older
+/// readers that support the opset also accept the file. `None` outside [`OPSETS`].
+pub fn ir_version_for_opset(opset: i64) -> Option<i64> {
+    match opset {
+        17 | 18 => Some(8),
+        19 | 20 => Some(9),
+        21 | 22 => Some(10),
+        23 => Some(11),
+        _ => None,
+    }
+}
