@@ -2,5 +2,6 @@
 //! layouts, training with checkpoints, and the project's own ONNX exporter.
 
 pub mod checkpoint;
+pub mod export;
 pub mod model;
 pub mod summary;

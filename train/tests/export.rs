@@ -1,0 +1,412 @@
+//! The exporter against the real runtimes: a random-weight network is exported, loaded by ONNX
+//! Runtime through `ort`, and its logits compared with libtorch's eval-mode forward; the
+//! metadata is read back through ONNX Runtime's own metadata API; the graph's structure is pinned
+//! by a snapshot; wrong inputs give errors that name what is wrong.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::Tensor as OrtTensor;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+use train::checkpoint::{self, CheckpointInfo};
+use train::export::{
+    self, BatchNormMode, ExportError, ExportOptions, GraphOptions, INPUT, OUTPUT, build_model, export_model,
+};
+use train::model::{ResNet18, ResNetConfig};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const FLOAT: (Kind, Device) = (Kind::Float, Device::Cpu);
+
+/// ONNX Runtime allows one environment per process; the tests share it.
+fn environment() -> Result<&'static Environment, String> {
+    static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let dylib = std::env::var("ORT_DYLIB_PATH").map_err(|_| "ORT_DYLIB_PATH is not set".to_owned())?;
+        ort::init_from(&dylib)
+            .map_err(|e| format!("loading {dylib}: {e}"))?
+            .with_name("export-tests")
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+fn session(bytes: &[u8]) -> Result<Session, Box<dyn std::error::Error>> {
+    Ok(Session::builder(environment()?)?.commit_from_memory(bytes)?)
+}
+
+/// A network with random weights and random BatchNorm statistics and affine parameters, so that
+/// folding and the BatchNormalization nodes have real work to do (fresh BatchNorm is identity).
+fn random_model(width: i64, classes: i64, seed: i64) -> Result<(VarStore, ResNet18), Box<dyn std::error::Error>> {
+    tch::manual_seed(seed);
+    let vs = VarStore::new(Device::Cpu);
+    let model = ResNet18::new(
+        &vs.root(),
+        ResNetConfig {
+            width,
+            num_classes: classes,
+        },
+    )?;
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            let n = t.size()[0];
+            let fill = if name.ends_with("bn.running_mean") {
+                Tensor::randn([n], FLOAT) * 0.2
+            } else if name.ends_with("bn.running_var") || name.ends_with("bn.weight") {
+                Tensor::rand([n], FLOAT) + 0.5
+            } else if name.ends_with("bn.bias") {
+                Tensor::randn([n], FLOAT) * 0.2
+            } else {
+                continue;
+            };
+            t.copy_(&fill);
+        }
+    });
+    Ok((vs, model))
+}
+
+fn metadata(model: &ResNet18) -> onnx::ModelMetadata {
+    let mut info = CheckpointInfo::untrained(model.config);
+    info.class_names = (0..model.config.num_classes).map(|i| format!("label {i}")).collect();
+    export::metadata_for(&info)
+}
+
+/// Logits from libtorch (eval mode) and from ONNX Runtime for the same batch.
+fn both_logits(
+    model: &ResNet18,
+    bytes: &[u8],
+    batch: &Tensor,
+) -> Result<(Vec<f32>, Vec<f32>), Box<dyn std::error::Error>> {
+    let expected = Vec::<f32>::try_from(model.forward_checked(batch, false)?.flatten(0, -1))?;
+    let shape: Vec<usize> = batch.size().iter().map(|&d| d as usize).collect();
+    let pixels = Vec::<f32>::try_from(batch.flatten(0, -1))?;
+    let mut session = session(bytes)?;
+    let outputs = session.run(ort::inputs![INPUT => OrtTensor::from_array((shape, pixels))?])?;
+    let (out_shape, got) = outputs[OUTPUT].try_extract_tensor::<f32>()?;
+    let classes = model.config.num_classes;
+    assert_eq!(
+        out_shape.iter().copied().collect::<Vec<_>>(),
+        [batch.size()[0], classes]
+    );
+    Ok((expected, got.to_vec()))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
+    logits
+        .chunks(classes)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+                )
+                .0
+        })
+        .collect()
+}
+
+#[test]
+fn fp32_logits_match_libtorch_at_width_4_and_8_in_both_batchnorm_modes() -> TestResult {
+    for (width, seed) in [(4, 1), (8, 2)] {
+        let (_vs, model) = random_model(width, 10, seed)?;
+        // Batch 1 and 7: the batch dimension is symbolic.
+        for batch in [1, 7] {
+            let x = Tensor::randn([batch, 3, 32, 32], FLOAT);
+            for mode in [BatchNormMode::Fold, BatchNormMode::Nodes] {
+                let opts = GraphOptions {
+                    batch_norm: mode,
+                    ..GraphOptions::default()
+                };
+                let bytes = export_model(&model, &metadata(&model), &opts)?;
+                let (expected, got) = both_logits(&model, &bytes, &x)?;
+                let diff = max_abs_diff(&expected, &got);
+                assert!(
+                    diff <= 1e-4,
+                    "width {width}, batch {batch}, {mode:?}: max |tch - ort| = {diff:e}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fp16_weights_keep_the_argmax_on_256_images_and_halve_the_file() -> TestResult {
+    let (_vs, model) = random_model(8, 10, 3)?;
+    let meta = metadata(&model);
+    let fp32 = export_model(&model, &meta, &GraphOptions::default())?;
+    let fp16_opts = GraphOptions {
+        fp16: true,
+        ..GraphOptions::default()
+    };
+    let fp16 = export_model(&model, &meta, &fp16_opts)?;
+    let x = Tensor::randn([256, 3, 32, 32], FLOAT);
+    let (expected, got) = both_logits(&model, &fp16, &x)?;
+    let (want, have) = (argmax_rows(&expected, 10), argmax_rows(&got, 10));
+    let agree = want.iter().zip(&have).filter(|(a, b)| a == b).count();
+    assert!(agree * 100 >= 99 * 256, "argmax agrees on {agree}/256");
+    // Not bit-identical to float32 either: the weights really were rounded.
+    assert!(max_abs_diff(&expected, &got) > 0.0);
+    let ratio = fp16.len() as f64 / fp32.len() as f64;
+    assert!((0.45..0.6).contains(&ratio), "fp16 file is {ratio:.3} of the fp32 one");
+    Ok(())
+}
+
+#[test]
+fn standard_width_64_matches_at_batch_2() -> TestResult {
+    let (_vs, model) = random_model(64, 10, 4)?;
+    let meta = metadata(&model);
+    let x = Tensor::randn([2, 3, 32, 32], FLOAT);
+    let bytes = export_model(&model, &meta, &GraphOptions::default())?;
+    let (expected, got) = both_logits(&model, &bytes, &x)?;
+    let diff = max_abs_diff(&expected, &got);
+    assert!(diff <= 1e-4, "width 64 fp32: max |tch - ort| = {diff:e}");
+
+    let fp16_opts = GraphOptions {
+        fp16: true,
+        ..GraphOptions::default()
+    };
+    let bytes = export_model(&model, &meta, &fp16_opts)?;
+    let (expected, got) = both_logits(&model, &bytes, &x)?;
+    assert_eq!(
+        argmax_rows(&expected, 10),
+        argmax_rows(&got, 10),
+        "width 64 fp16 argmax"
+    );
+    Ok(())
+}
+
+/// Exports through `train export`'s entry point from a saved checkpoint.
+fn export_saved(
+    dir: &Path,
+    info: &CheckpointInfo,
+    fp16: bool,
+) -> Result<export::ExportReport, Box<dyn std::error::Error>> {
+    let (vs, _model) = random_model(info.config.width, info.config.num_classes, 5)?;
+    let ckpt = dir.join("model.ckpt");
+    checkpoint::save(&ckpt, &vs, info)?;
+    Ok(export::export_checkpoint(&ExportOptions {
+        checkpoint: ckpt,
+        out: dir.join("out").join("model.onnx"),
+        opset: 18,
+        fp16,
+    })?)
+}
+
+#[test]
+fn metadata_round_trips_through_onnx_runtime() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let info = CheckpointInfo {
+        config: ResNetConfig {
+            width: 4,
+            num_classes: 3,
+        },
+        class_names: vec!["airplane".into(), "café \"quoted\", with comma".into(), "truck".into()],
+        mean: [0.25, 0.5, 0.75],
+        std: [0.125, 0.25, 0.375],
+        dataset: "CIFAR-3".into(),
+        epochs: 7,
+        test_accuracy: Some(0.8125),
+    };
+    let report = export_saved(dir.path(), &info, false)?;
+    let bytes = std::fs::read(&report.path)?;
+    assert_eq!(report.bytes, bytes.len() as u64);
+
+    let session = session(&bytes)?;
+    let meta = session.metadata()?;
+    assert_eq!(meta.producer().as_deref(), Some(export::PRODUCER));
+    let read = onnx::ModelMetadata::from_props(|k| meta.custom(k))?;
+    assert_eq!(read.class_names, info.class_names);
+    assert_eq!((read.input_height, read.input_width), (32, 32));
+    assert_eq!((read.channel_order.as_str(), read.layout.as_str()), ("RGB", "NCHW"));
+    assert_eq!((read.mean, read.std), (info.mean, info.std));
+    assert_eq!((read.architecture.as_str(), read.width), (export::ARCHITECTURE, 4));
+    assert_eq!(read.dataset, info.dataset);
+    assert_eq!(read.test_accuracy, info.test_accuracy);
+    assert_eq!(read.epochs, Some(7));
+    assert_eq!(read.project_version, env!("CARGO_PKG_VERSION"));
+    let head = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output()?;
+    if head.status.success() {
+        let head = String::from_utf8(head.stdout)?.trim().to_owned();
+        let commit = read.git_commit.clone().unwrap_or_default();
+        assert!(
+            commit == head || commit == format!("{head}-dirty"),
+            "{commit} vs {head}"
+        );
+    }
+    let at = read.exported_at.clone().unwrap_or_default();
+    let now = export::provenance::now_rfc3339();
+    assert!(
+        at.len() == 20 && at.ends_with('Z') && at[..10] == now[..10],
+        "{at} vs {now}"
+    );
+
+    // Nothing but the contract's keys.
+    let keys: BTreeSet<String> = meta.custom_keys()?.into_iter().collect();
+    let contract: BTreeSet<String> = read.to_props().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, contract);
+
+    // The sidecar matches the file, and a modified file is refused.
+    assert_eq!(onnx::checksum::verify(&report.path, &bytes)?, report.sha256);
+    let sidecar = std::fs::read_to_string(&report.sidecar)?;
+    assert_eq!(sidecar, format!("{}  model.onnx\n", report.sha256));
+    let mut tampered = bytes.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    assert!(onnx::checksum::verify(&report.path, &tampered).is_err());
+    let shown = report.to_string();
+    assert!(shown.contains(&report.sha256) && shown.contains("nodes"), "{shown}");
+    Ok(())
+}
+
+/// One line per node: op type, name and output shape (from `value_info`), weights left out.
+fn structure(proto: &onnx::proto::ModelProto) -> String {
+    let Some(graph) = &proto.graph else {
+        return "no graph".into();
+    };
+    let shapes: Vec<(String, String)> = graph
+        .value_info
+        .iter()
+        .chain(&graph.input)
+        .chain(&graph.output)
+        .map(|v| {
+            let dims: Vec<String> = export::shape_of(v)
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            (v.name.clone(), format!("[{}]", dims.join(", ")))
+        })
+        .collect();
+    let shape = |name: &str| {
+        shapes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or_else(|| "-".to_owned(), |(_, s)| s.clone())
+    };
+    let mut lines = vec![format!(
+        "opset {:?}, ir {}, input {} {}",
+        proto.opset_import.iter().map(|o| o.version).collect::<Vec<_>>(),
+        proto.ir_version,
+        INPUT,
+        shape(INPUT)
+    )];
+    for node in &graph.node {
+        let out = node.output.first().map(String::as_str).unwrap_or("");
+        lines.push(format!("{:<18} {:<34} {}", node.op_type, node.name, shape(out)));
+    }
+    let types: BTreeSet<String> = graph
+        .initializer
+        .iter()
+        .map(|t| format!("data_type {}", t.data_type))
+        .collect();
+    lines.push(format!(
+        "{} initializers ({})",
+        graph.initializer.len(),
+        types.into_iter().collect::<Vec<_>>().join(", ")
+    ));
+    lines.join("\n")
+}
+
+#[test]
+fn graph_structure_is_pinned() -> TestResult {
+    let (_vs, model) = random_model(4, 10, 6)?;
+    let meta = metadata(&model);
+    insta::assert_snapshot!(
+        "folded_fp32",
+        structure(&build_model(&model, &meta, &GraphOptions::default())?)
+    );
+    let opts = GraphOptions {
+        batch_norm: BatchNormMode::Nodes,
+        fp16: true,
+        opset: 21,
+    };
+    insta::assert_snapshot!("batchnorm_nodes_fp16", structure(&build_model(&model, &meta, &opts)?));
+    Ok(())
+}
+
+#[test]
+fn wrong_inputs_are_named() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("nope.ckpt");
+    let err = export::export_checkpoint(&ExportOptions {
+        checkpoint: missing.clone(),
+        out: dir.path().join("m.onnx"),
+        opset: 17,
+        fp16: false,
+    })
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(err.contains("does not exist") && err.contains("nope.ckpt"), "{err}");
+
+    // A checkpoint whose header claims width 8 over width-4 weights.
+    let (vs, _) = random_model(4, 10, 7)?;
+    let ckpt = dir.path().join("w.ckpt");
+    let info = CheckpointInfo::untrained(ResNetConfig {
+        width: 8,
+        num_classes: 10,
+    });
+    checkpoint::save(&ckpt, &vs, &info)?;
+    let err = export::export_checkpoint(&ExportOptions {
+        checkpoint: ckpt,
+        out: dir.path().join("w.onnx"),
+        opset: 17,
+        fp16: false,
+    })
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(err.contains("shape of `") && err.contains("w.ckpt"), "{err}");
+    assert!(!dir.path().join("w.onnx").exists());
+
+    // Metadata for another width or class count, an opset out of range, a bad std.
+    let (_vs, model) = random_model(4, 10, 8)?;
+    let mut meta = metadata(&model);
+    meta.width = 8;
+    let err = export_model(&model, &meta, &GraphOptions::default()).err();
+    assert!(
+        matches!(&err, Some(ExportError::Metadata(m)) if m.contains("width 8") && m.contains("width 4")),
+        "{err:?}"
+    );
+    let mut meta = metadata(&model);
+    meta.class_names.pop();
+    let err = export_model(&model, &meta, &GraphOptions::default())
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.as_deref().unwrap_or("").contains("9 class names"), "{err:?}");
+    let opts = GraphOptions {
+        opset: 13,
+        ..GraphOptions::default()
+    };
+    let err = export_model(&model, &metadata(&model), &opts)
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.as_deref().unwrap_or("").contains("opset 13"), "{err:?}");
+    let mut meta = metadata(&model);
+    meta.std[1] = 0.0;
+    let err = export_model(&model, &meta, &GraphOptions::default())
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.as_deref().unwrap_or("").contains("`std`"), "{err:?}");
+
+    // A NaN weight is refused by name rather than exported.
+    let _poisoned = tch::no_grad(|| model.fc.ws.shallow_clone().get(0).get(0).fill_(f64::NAN));
+    let err = export_model(&model, &metadata(&model), &GraphOptions::default()).err();
+    assert!(
+        matches!(&err, Some(ExportError::NonFinite(n)) if n == "fc.weight"),
+        "{err:?}"
+    );
+    Ok(())
+}
