@@ -395,6 +395,9 @@ pub fn package(env: &Env, arch: Arch, model: Option<&Path>, out: &Path) -> Resul
     let report = inspect(out, arch, model.is_some())?;
     report.print(out, LAMBDA_LIMITS);
     report.check_limits(LAMBDA_LIMITS)?;
+    if model.is_some() {
+        println!("  deploy it with ModelPath=/var/task/{MODEL} (the template's parameter)");
+    }
     eprintln!("xtask: packaged in {:.1?}", started.elapsed());
     Ok(report)
 }
