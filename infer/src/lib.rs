@@ -1,1 +1,27 @@
-//! Serving the ONNX model over HTTP on Lambda and as a server (work in progress).
+//! `infer`: serves the exported ONNX image classifier.
+//!
+//! One lean binary and one axum router for every host: AWS Lambda (`lambda_http`), `cargo lambda
+//! watch`, and a plain HTTP server in a container (`infer serve`). The model comes from a file,
+//! `s3://bucket/key` or the copy embedded at build time; it carries its own class names, input
+//! size and normalisation (the `onnx` crate's metadata contract).
+//!
+//! - [`runtime`]: finding `libonnxruntime.so`.
+//! - [`source`], [`s3`]: fetching model bytes, sha256 sidecar check.
+//! - [`model`]: the shared ONNX Runtime session and its contract.
+//! - [`preprocess`]: bytes to normalised NCHW floats.
+//! - [`batch`]: running inference off the async threads, with optional micro-batching.
+//! - [`api`]: the HTTP router, errors, metrics and OpenAPI document.
+//! - [`host`]: the Lambda and plain-server hosts around the router.
+
+pub mod api;
+pub mod batch;
+pub mod host;
+pub mod metrics;
+pub mod model;
+pub mod openapi;
+pub mod preprocess;
+pub mod runtime;
+pub mod s3;
+pub mod source;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;

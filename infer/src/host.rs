@@ -1,0 +1,91 @@
+//! The hosts around the router: AWS Lambda (API Gateway REST and HTTP APIs, Function URLs, ALB;
+//! `lambda_http` decodes base64 binary bodies) and a plain HTTP server with graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::api::{AppState, Limits, router};
+use crate::batch::{BatchConfig, Engine};
+use crate::metrics::Metrics;
+use crate::model::{Classifier, ModelError, Overrides};
+use crate::source::{ModelSource, SourceError};
+
+/// Whether this process runs inside Lambda (or `cargo lambda watch`).
+pub fn on_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some_and(|v| !v.is_empty())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("the model-loading task failed: {0}")]
+    Task(String),
+}
+
+/// Fetches, verifies, loads and warms up the model: all of start-up before the first request.
+pub async fn load_classifier(
+    source: &ModelSource,
+    overrides: &Overrides,
+    threads: usize,
+) -> Result<Arc<Classifier>, StartError> {
+    let bytes = source.fetch().await?;
+    let name = source.name();
+    let label = source.to_string();
+    let overrides = overrides.clone();
+    let classifier = tokio::task::spawn_blocking(move || Classifier::load(&bytes, &name, &label, &overrides, threads))
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))??;
+    Ok(Arc::new(classifier))
+}
+
+/// The router over a loaded classifier.
+pub fn app(classifier: Arc<Classifier>, batching: BatchConfig, limits: Limits) -> Router {
+    let metrics = Arc::new(Metrics::default());
+    let engine = Engine::new(classifier, Arc::clone(&metrics), batching);
+    router(Arc::new(AppState {
+        engine,
+        metrics,
+        limits,
+    }))
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Resolves on SIGTERM (what container runtimes send) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT: finishing requests in flight"),
+        () = term => tracing::info!("SIGTERM: finishing requests in flight"),
+    }
+}
+
+/// Runs the router as a Lambda function until the runtime stops the process.
+pub async fn run_lambda(app: Router) -> Result<(), lambda_http::Error> {
+    lambda_http::run(app).await
+}

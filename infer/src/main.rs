@@ -1,0 +1,304 @@
+//! `infer`: the thin binary over the `infer` library.
+//!
+//! - On AWS Lambda (`AWS_LAMBDA_RUNTIME_API` set, also under `cargo lambda watch`): serves the
+//!   router through `lambda_http`, configured from the environment (`MODEL_URI`, `INFER_*`).
+//! - `infer serve`: the same router as a plain HTTP server, graceful shutdown on SIGTERM/SIGINT.
+//! - `infer predict IMAGE...`: offline prediction.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use infer::api::Limits;
+use infer::batch::BatchConfig;
+use infer::model::{Overrides, default_threads, top_k};
+use infer::preprocess::{DecodeLimits, Normalisation, preprocess_into};
+use infer::source::ModelSource;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "infer",
+    version,
+    about = "Serve the ResNet-18 CIFAR-10 ONNX classifier over HTTP, on Lambda or as a server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve HTTP on a local address (what `cargo xtask serve` and containers run).
+    Serve(ServeArgs),
+    /// Classify image files from the command line.
+    Predict(PredictArgs),
+}
+
+#[derive(Debug, Args)]
+struct ModelArgs {
+    /// Model file or s3://bucket/key; without it, the model bundled at build time.
+    #[arg(long, env = "MODEL_URI")]
+    model: Option<String>,
+    /// Class names, comma-separated (for a model without the metadata contract).
+    #[arg(long, env = "INFER_LABELS", value_delimiter = ',')]
+    labels: Option<Vec<String>>,
+    /// Per-channel mean on [0,1] pixels, `R,G,B`.
+    #[arg(long, env = "INFER_MEAN", value_parser = parse_triple)]
+    mean: Option<[f32; 3]>,
+    /// Per-channel std on [0,1] pixels, `R,G,B`.
+    #[arg(long, env = "INFER_STD", value_parser = parse_triple)]
+    std: Option<[f32; 3]>,
+    /// Input size `HxW` (or one number for a square).
+    #[arg(long, env = "INFER_SIZE", value_parser = parse_size)]
+    size: Option<(u32, u32)>,
+    /// ONNX Runtime intra-op threads (default: the CPUs available).
+    #[arg(long, env = "INFER_THREADS")]
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (port 0 picks a free one; the address is printed on stdout).
+    #[arg(long, env = "INFER_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Largest request body in bytes (Lambda's synchronous limit by default).
+    #[arg(long, env = "INFER_MAX_BODY_BYTES", default_value_t = infer::api::DEFAULT_MAX_BODY)]
+    max_body_bytes: usize,
+    /// Most images in one request.
+    #[arg(long, env = "INFER_MAX_IMAGES", default_value_t = 32)]
+    max_images: usize,
+    /// Largest image side in pixels accepted by the decoder.
+    #[arg(long, env = "INFER_MAX_SIDE", default_value_t = 8192)]
+    max_side: u32,
+    /// Images per model run when micro-batching; 1 turns micro-batching off.
+    #[arg(long, env = "INFER_MAX_BATCH", default_value_t = 32)]
+    max_batch: usize,
+    /// How long a request waits for others to batch with, in milliseconds (0: batch only what
+    /// queued while the model was busy).
+    #[arg(long, env = "INFER_BATCH_WAIT_MS", default_value_t = 0.0)]
+    batch_wait_ms: f64,
+}
+
+#[derive(Debug, Args)]
+struct PredictArgs {
+    /// Image files (JPEG, PNG, GIF, WebP, BMP).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Classes per image.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_triple(text: &str) -> Result<[f32; 3], String> {
+    let values: Vec<f32> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f32>().map_err(|e| format!("{v:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    <[f32; 3]>::try_from(values).map_err(|v| format!("expected 3 comma-separated numbers, got {}", v.len()))
+}
+
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let parse = |v: &str| v.trim().parse::<u32>().map_err(|e| format!("{v:?}: {e}"));
+    match text.split_once(['x', 'X']) {
+        Some((h, w)) => Ok((parse(h)?, parse(w)?)),
+        None => parse(text).map(|s| (s, s)),
+    }
+}
+
+impl ModelArgs {
+    fn source(&self) -> Result<ModelSource> {
+        match &self.model {
+            Some(uri) => Ok(ModelSource::parse(uri)?),
+            None => {
+                // The Lambda zip may carry `model.onnx` beside `bootstrap`.
+                let beside = std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.parent().map(|d| d.join("model.onnx")))
+                    .filter(|p| p.is_file());
+                Ok(match beside {
+                    Some(path) if !infer::source::HAS_BUNDLED_MODEL => ModelSource::File(path),
+                    _ => ModelSource::Bundled,
+                })
+            }
+        }
+    }
+
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            labels: self.labels.clone(),
+            mean: self.mean,
+            std: self.std,
+            size: self.size,
+        }
+    }
+
+    async fn load(&self) -> Result<Arc<infer::model::Classifier>> {
+        let source = self.source()?;
+        let start = Instant::now();
+        let classifier =
+            infer::host::load_classifier(&source, &self.overrides(), self.threads.unwrap_or_else(default_threads))
+                .await?;
+        let info = classifier.info();
+        tracing::info!(
+            model = %info.source,
+            version = %info.version,
+            classes = info.num_classes(),
+            input = %format!("{}x{}", info.input_height, info.input_width),
+            ms = start.elapsed().as_secs_f64() * 1e3,
+            "model loaded and warmed up"
+        );
+        Ok(classifier)
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    // CloudWatch shows ANSI escapes literally.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(!infer::host::on_lambda())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        if infer::host::on_lambda() && cli.command.is_none() {
+            return lambda().await;
+        }
+        match cli.command {
+            Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Predict(args)) => predict(args).await,
+            None => bail!("no command: run `infer serve` or `infer predict IMAGE...` (see --help)"),
+        }
+    });
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    result
+}
+
+async fn lambda() -> Result<()> {
+    // Lambda passes no arguments: the same options come from the environment.
+    let args = ServeArgs::from_env()?;
+    let classifier = args.model.load().await?;
+    // One request at a time per instance: nothing to batch.
+    let app = infer::host::app(
+        classifier,
+        BatchConfig {
+            max_batch: 1,
+            max_wait: Duration::ZERO,
+        },
+        args.limits(),
+    );
+    infer::host::run_lambda(app)
+        .await
+        .map_err(|e| anyhow::anyhow!("the Lambda runtime stopped: {e}"))
+}
+
+impl ServeArgs {
+    fn from_env() -> Result<Self> {
+        #[derive(Debug, Parser)]
+        struct EnvOnly {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Ok(EnvOnly::try_parse_from(["infer"])?.serve)
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_body: self.max_body_bytes,
+            max_images: self.max_images.max(1),
+            decode: DecodeLimits {
+                max_width: self.max_side,
+                max_height: self.max_side,
+                ..DecodeLimits::default()
+            },
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let start = Instant::now();
+    let classifier = args.model.load().await?;
+    if !(args.batch_wait_ms.is_finite() && args.batch_wait_ms >= 0.0) {
+        bail!("--batch-wait-ms must be a non-negative number of milliseconds");
+    }
+    let batching = BatchConfig {
+        max_batch: args.max_batch.max(1),
+        max_wait: Duration::from_secs_f64(args.batch_wait_ms / 1e3),
+    };
+    let app = infer::host::app(classifier, batching, args.limits());
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("binding {}", args.addr))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    // On stdout, for scripts and tests that start the server on port 0.
+    println!("listening on http://{addr}");
+    tracing::info!(
+        %addr,
+        max_batch = batching.max_batch,
+        batch_wait_ms = args.batch_wait_ms,
+        startup_ms = start.elapsed().as_secs_f64() * 1e3,
+        "serving"
+    );
+    infer::host::serve(listener, app, infer::host::shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn predict(args: PredictArgs) -> Result<()> {
+    let classifier = args.model.load().await?;
+    let info = classifier.info();
+    let norm = Normalisation::from_info(info);
+    let mut input = Vec::new();
+    for path in &args.images {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        preprocess_into(&bytes, &DecodeLimits::default(), &norm, &mut input)
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    let logits = classifier.run(input, args.images.len())?;
+    let k = args.top_k.clamp(1, info.num_classes());
+    let mut results = Vec::new();
+    for (path, l) in args.images.iter().zip(&logits) {
+        let top = top_k(l, &info.class_names, k);
+        if args.json {
+            results.push(serde_json::json!({"image": path.display().to_string(), "top_k": top}));
+        } else {
+            let best = top.first().map_or(String::new(), |s| {
+                format!("{} ({:.1}%)", s.label, s.probability * 100.0)
+            });
+            let rest: Vec<String> = top
+                .iter()
+                .skip(1)
+                .map(|s| format!("{} {:.1}%", s.label, s.probability * 100.0))
+                .collect();
+            println!("{}: {best}  [{}]", path.display(), rest.join(", "));
+        }
+    }
+    if args.json {
+        let doc = serde_json::json!({"model": {"name": info.name, "version": info.version}, "predictions": results});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    Ok(())
+}

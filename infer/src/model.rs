@@ -1,0 +1,370 @@
+//! The classifier: one ONNX Runtime session shared by every request, with what it needs to be
+//! served correctly (class names, input size, normalisation) read from the ONNX metadata
+//! contract or, for a foreign ONNX classifier, supplied by flags.
+
+use std::sync::Mutex;
+
+use onnx::{MetadataError, ModelMetadata};
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{Tensor, ValueType};
+use serde::Serialize;
+
+use crate::runtime;
+
+/// What flags say about a model; each one given overrides the model's own metadata.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub labels: Option<Vec<String>>,
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+    /// `(height, width)`.
+    pub size: Option<(u32, u32)>,
+}
+
+/// Everything the server says about the model it serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// Short name (the file stem), used in `/v2/models/{name}`.
+    pub name: String,
+    /// The first 12 hex digits of the model file's sha256: changes whenever the weights do.
+    pub version: String,
+    pub sha256: String,
+    pub source: String,
+    pub class_names: Vec<String>,
+    pub input_height: u32,
+    pub input_width: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub input_name: String,
+    pub output_name: String,
+    /// The batch size the graph is fixed to, when its first dimension is not symbolic.
+    pub fixed_batch: Option<usize>,
+    /// The exporter's metadata contract, when the model carries it.
+    pub metadata: Option<ModelMetadata>,
+}
+
+impl ModelInfo {
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    /// Floats in one image tensor (`3 * H * W`).
+    pub fn image_len(&self) -> usize {
+        3 * self.input_height as usize * self.input_width as usize
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("model {model} could not be loaded by ONNX Runtime (not a valid ONNX file?): {reason}")]
+    Load { model: String, reason: String },
+    #[error("model {model} is incompatible: {reason}")]
+    Incompatible { model: String, reason: String },
+    #[error("model {model} carries invalid metadata: {source}")]
+    Metadata {
+        model: String,
+        #[source]
+        source: MetadataError,
+    },
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// A loaded classifier. `Session::run` takes `&mut`, so the session sits behind a mutex; callers
+/// run it on blocking threads (or through the [`crate::batch`] worker).
+#[derive(Debug)]
+pub struct Classifier {
+    session: Mutex<Session>,
+    info: ModelInfo,
+}
+
+/// Intra-op threads: all the CPUs this process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+impl Classifier {
+    /// Builds the session from model bytes, checks the graph against what serving needs, and
+    /// runs one warm-up inference. `name` and `source` are for messages and the API.
+    pub fn load(
+        bytes: &[u8],
+        name: &str,
+        source: &str,
+        overrides: &Overrides,
+        threads: usize,
+    ) -> Result<Self, ModelError> {
+        let env = runtime::environment()?;
+        let load_err = |e: ort::Error| ModelError::Load {
+            model: source.to_owned(),
+            reason: e.to_string(),
+        };
+        let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| ModelError::Load {
+            model: source.to_owned(),
+            reason: e.to_string(),
+        };
+        let session = Session::builder(env)
+            .map_err(load_err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(builder_err)?
+            .with_intra_threads(threads.max(1))
+            .map_err(builder_err)?
+            .with_inter_threads(1)
+            .map_err(builder_err)?
+            .commit_from_memory(bytes)
+            .map_err(load_err)?;
+        let incompatible = |reason: String| ModelError::Incompatible {
+            model: source.to_owned(),
+            reason,
+        };
+
+        let [input] = session.inputs() else {
+            return Err(incompatible(format!(
+                "it has {} inputs; a classifier has one image input",
+                session.inputs().len()
+            )));
+        };
+        let in_shape = float_shape(input.dtype())
+            .ok_or_else(|| incompatible(format!("input `{}` is not a float32 tensor", input.name())))?;
+        if in_shape.len() != 4 || !matches!(in_shape[1], -1 | 3) {
+            return Err(incompatible(format!(
+                "input `{}` has shape {in_shape:?}; expected [N, 3, H, W]",
+                input.name()
+            )));
+        }
+        let output = session
+            .outputs()
+            .first()
+            .ok_or_else(|| incompatible("it has no outputs".into()))?;
+        let out_shape = float_shape(output.dtype())
+            .ok_or_else(|| incompatible(format!("output `{}` is not a float32 tensor", output.name())))?;
+        if out_shape.len() != 2 {
+            return Err(incompatible(format!(
+                "output `{}` has shape {out_shape:?}; expected [N, classes]",
+                output.name()
+            )));
+        }
+
+        let metadata = match session.metadata() {
+            Ok(meta) => match ModelMetadata::from_props(|key| meta.custom(key)) {
+                Ok(contract) => Some(contract),
+                // No contract at all: a foreign classifier, described by flags.
+                Err(MetadataError::Missing(onnx::metadata::keys::CONTRACT_VERSION)) => None,
+                Err(source_err) => {
+                    return Err(ModelError::Metadata {
+                        model: source.to_owned(),
+                        source: source_err,
+                    });
+                }
+            },
+            Err(e) => return Err(load_err(e)),
+        };
+
+        let fixed = |d: i64| u32::try_from(d).ok().filter(|d| *d > 0);
+        let (input_height, input_width) = overrides
+            .size
+            .or(metadata.as_ref().map(|m| (m.input_height, m.input_width)))
+            .or_else(|| Some((fixed(in_shape[2])?, fixed(in_shape[3])?)))
+            .ok_or_else(|| incompatible("it has no metadata and a symbolic input size; pass --size HxW".into()))?;
+        if input_height == 0 || input_width == 0 {
+            return Err(incompatible("input size must be positive".into()));
+        }
+        for (axis, want) in [(2, input_height), (3, input_width)] {
+            if let Some(got) = fixed(in_shape[axis])
+                && got != want
+            {
+                return Err(incompatible(format!(
+                    "its input is fixed to {}x{} but the size to serve is {input_height}x{input_width}",
+                    in_shape[2], in_shape[3]
+                )));
+            }
+        }
+        let class_names = match (&overrides.labels, &metadata) {
+            (Some(labels), _) => labels.clone(),
+            (None, Some(meta)) => meta.class_names.clone(),
+            (None, None) => match fixed(out_shape[1]) {
+                Some(n) => {
+                    tracing::warn!(
+                        model = source,
+                        "no class names in the model or --labels; using class_0.."
+                    );
+                    (0..n).map(|i| format!("class_{i}")).collect()
+                }
+                None => {
+                    return Err(incompatible(
+                        "it has no metadata and a symbolic class count; pass --labels".into(),
+                    ));
+                }
+            },
+        };
+        if class_names.is_empty() {
+            return Err(incompatible("no class names".into()));
+        }
+        if let Some(n) = fixed(out_shape[1])
+            && n as usize != class_names.len()
+        {
+            return Err(incompatible(format!(
+                "output `{}` has {n} classes but there are {} class names",
+                output.name(),
+                class_names.len()
+            )));
+        }
+        let (mean, std) = match (&metadata, overrides.mean, overrides.std) {
+            (_, Some(mean), Some(std)) => (mean, std),
+            (Some(meta), mean, std) => (mean.unwrap_or(meta.mean), std.unwrap_or(meta.std)),
+            (None, mean, std) => {
+                if mean.is_none() || std.is_none() {
+                    tracing::warn!(
+                        model = source,
+                        "no normalisation in the model or flags; using mean 0, std 1"
+                    );
+                }
+                (mean.unwrap_or([0.0; 3]), std.unwrap_or([1.0; 3]))
+            }
+        };
+        if std.iter().any(|s| !s.is_finite() || *s <= 0.0) || mean.iter().any(|m| !m.is_finite()) {
+            return Err(incompatible(format!("bad normalisation mean {mean:?} / std {std:?}")));
+        }
+
+        let sha256 = crate::source::sha256_hex(bytes);
+        let info = ModelInfo {
+            name: name.to_owned(),
+            version: sha256[..12].to_owned(),
+            sha256,
+            source: source.to_owned(),
+            class_names,
+            input_height,
+            input_width,
+            mean,
+            std,
+            input_name: input.name().to_owned(),
+            output_name: output.name().to_owned(),
+            fixed_batch: usize::try_from(in_shape[0]).ok().filter(|n| *n > 0),
+            metadata,
+        };
+        let classifier = Self {
+            session: Mutex::new(session),
+            info,
+        };
+        // Warm-up: the first run allocates and plans; it also proves the graph produces [1, C].
+        let zeros = vec![0.0; classifier.info.image_len() * classifier.info.fixed_batch.unwrap_or(1)];
+        classifier
+            .run(zeros, classifier.info.fixed_batch.unwrap_or(1))
+            .map_err(|e| incompatible(format!("warm-up inference failed: {e}")))?;
+        Ok(classifier)
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Runs `n` images (NCHW, `n * 3 * H * W` floats) and returns each image's logits. Blocks:
+    /// call it from a blocking thread.
+    pub fn run(&self, input: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        let info = &self.info;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if input.len() != n * info.image_len() {
+            return Err(ModelError::Inference(format!(
+                "{} floats for {n} images of {}",
+                input.len(),
+                info.image_len()
+            )));
+        }
+        if let Some(fixed) = info.fixed_batch
+            && fixed != n
+        {
+            return Err(ModelError::Inference(format!(
+                "the model's batch is fixed to {fixed}, got {n}"
+            )));
+        }
+        let shape = [n, 3, info.input_height as usize, info.input_width as usize];
+        let tensor = Tensor::from_array((shape, input)).map_err(|e| ModelError::Inference(e.to_string()))?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| ModelError::Inference("the session lock was poisoned".into()))?;
+        let outputs = session
+            .run(ort::inputs![info.input_name.as_str() => tensor])
+            .map_err(|e| ModelError::Inference(e.to_string()))?;
+        let (out_shape, data) = outputs[info.output_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| ModelError::Inference(e.to_string()))?;
+        let classes = info.num_classes();
+        if out_shape.len() != 2 || out_shape[0] != n as i64 || out_shape[1] != classes as i64 {
+            return Err(ModelError::Inference(format!(
+                "output shape {:?}, expected [{n}, {classes}]",
+                &out_shape[..]
+            )));
+        }
+        Ok(data.chunks_exact(classes).map(<[f32]>::to_vec).collect())
+    }
+}
+
+fn float_shape(dtype: &ValueType) -> Option<Vec<i64>> {
+    match dtype {
+        ValueType::Tensor {
+            ty: ort::value::TensorElementType::Float32,
+            shape,
+            ..
+        } => Some(shape.to_vec()),
+        _ => None,
+    }
+}
+
+/// One class in a top-k answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scored {
+    pub label: String,
+    pub class_id: usize,
+    pub probability: f32,
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// The `k` most probable classes, most probable first (ties by class id).
+pub fn top_k(logits: &[f32], class_names: &[String], k: usize) -> Vec<Scored> {
+    let probs = softmax(logits);
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|class_id| Scored {
+            label: class_names.get(class_id).cloned().unwrap_or_default(),
+            class_id,
+            probability: probs[class_id],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_a_distribution_and_stable() {
+        let p = softmax(&[1000.0, 1000.0, -1000.0]);
+        assert!((p[0] - 0.5).abs() < 1e-6 && (p[1] - 0.5).abs() < 1e-6 && p[2] == 0.0);
+        assert!((softmax(&[0.1, 2.0, -3.0]).iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_orders_by_probability_then_id() {
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let top = top_k(&[1.0, 3.0, 1.0], &names, 5);
+        let ids: Vec<usize> = top.iter().map(|s| s.class_id).collect();
+        assert_eq!(ids, [1, 0, 2]);
+        assert_eq!(top[0].label, "b");
+        assert_eq!(top_k(&[1.0, 3.0, 1.0], &names, 1).len(), 1);
+    }
+}

@@ -1,0 +1,328 @@
+//! Image bytes to a normalised NCHW tensor: the format is sniffed from the content (never from
+//! the Content-Type), EXIF orientation is applied, every colour type becomes RGB, the image is
+//! resized to the model's input and normalised with the model's mean and std.
+
+use std::io::Cursor;
+
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
+
+/// Guards against decompression bombs; checked before pixels are allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_width: u32,
+    pub max_height: u32,
+    /// Bytes the decoder may allocate for one image.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        // 8192 a side covers any camera; 64 MiB is about 22 megapixels of RGB.
+        Self {
+            max_width: 8192,
+            max_height: 8192,
+            max_alloc: 64 << 20,
+        }
+    }
+}
+
+/// What the pixels are turned into.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalisation {
+    pub height: u32,
+    pub width: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalisation {
+    pub fn from_info(info: &crate::model::ModelInfo) -> Self {
+        Self {
+            height: info.input_height,
+            width: info.input_width,
+            mean: info.mean,
+            std: info.std,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PreprocessError {
+    #[error("the body is empty")]
+    Empty,
+    #[error("not a recognised image: JPEG, PNG, GIF, WebP and BMP are accepted")]
+    UnknownFormat,
+    #[error("{0} images are not accepted: JPEG, PNG, GIF, WebP and BMP are")]
+    UnsupportedFormat(String),
+    #[error("the image could not be decoded: {0}")]
+    Corrupt(String),
+    #[error("the image is too large: {0}")]
+    TooLarge(String),
+}
+
+/// The image formats this server decodes.
+pub const FORMATS: [ImageFormat; 5] = [
+    ImageFormat::Jpeg,
+    ImageFormat::Png,
+    ImageFormat::Gif,
+    ImageFormat::WebP,
+    ImageFormat::Bmp,
+];
+
+/// Decodes by content, with limits, and applies the EXIF orientation.
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, PreprocessError> {
+    if bytes.is_empty() {
+        return Err(PreprocessError::Empty);
+    }
+    let format = image::guess_format(bytes).map_err(|_| PreprocessError::UnknownFormat)?;
+    if !FORMATS.contains(&format) {
+        return Err(PreprocessError::UnsupportedFormat(format!("{format:?}").to_uppercase()));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut image_limits = Limits::default();
+    image_limits.max_image_width = Some(limits.max_width);
+    image_limits.max_image_height = Some(limits.max_height);
+    image_limits.max_alloc = Some(limits.max_alloc);
+    reader.limits(image_limits);
+    let classify = |err| classify(err, limits);
+    let mut decoder = reader.into_decoder().map_err(classify)?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(PreprocessError::Corrupt(format!(
+            "{width}x{height} image has no pixels"
+        )));
+    }
+    // `from_decoder` does not charge the pixel buffer against `max_alloc`, so check it here.
+    let bytes_needed = decoder.total_bytes();
+    if bytes_needed > limits.max_alloc {
+        return Err(PreprocessError::TooLarge(format!(
+            "{width}x{height} needs {bytes_needed} bytes decoded, over the limit of {}",
+            limits.max_alloc
+        )));
+    }
+    // A broken EXIF block must not reject an otherwise good image.
+    let orientation = decoder.orientation().ok();
+    let mut image = DynamicImage::from_decoder(decoder).map_err(classify)?;
+    if let Some(orientation) = orientation {
+        image.apply_orientation(orientation);
+    }
+    Ok(image)
+}
+
+fn classify(err: ImageError, limits: &DecodeLimits) -> PreprocessError {
+    match err {
+        ImageError::Limits(e) => PreprocessError::TooLarge(format!(
+            "{e} (at most {}x{} pixels, {} bytes decoded)",
+            limits.max_width, limits.max_height, limits.max_alloc
+        )),
+        ImageError::Unsupported(e) => PreprocessError::UnsupportedFormat(e.to_string()),
+        other => PreprocessError::Corrupt(other.to_string()),
+    }
+}
+
+/// Any colour type to 8-bit RGB; transparent pixels are composited over white, as a viewer shows them.
+pub fn to_rgb(image: DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.into_rgb8();
+    }
+    let rgba = image.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut rgb = RgbImage::new(w, h);
+    for (dst, src) in rgb.pixels_mut().zip(rgba.pixels()) {
+        let a = u16::from(src[3]);
+        for c in 0..3 {
+            dst[c] = ((u16::from(src[c]) * a + 255 * (255 - a) + 127) / 255) as u8;
+        }
+    }
+    rgb
+}
+
+/// Resizes to the model's input (triangle filter: area-weighted when downsizing) and writes
+/// `(pixel / 255 - mean) / std` channel-major into `out` (`3 * H * W` floats).
+pub fn normalise_into(rgb: &RgbImage, norm: &Normalisation, out: &mut Vec<f32>) {
+    let resized;
+    let image = if rgb.dimensions() == (norm.width, norm.height) {
+        rgb
+    } else {
+        resized = image::imageops::resize(rgb, norm.width, norm.height, FilterType::Triangle);
+        &resized
+    };
+    let plane = (norm.width * norm.height) as usize;
+    let start = out.len();
+    out.resize(start + 3 * plane, 0.0);
+    let dst = &mut out[start..];
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| norm.mean[c] / norm.std[c]);
+    for (i, px) in image.pixels().enumerate() {
+        for c in 0..3 {
+            dst[c * plane + i] = f32::from(px[c]) * scale[c] - shift[c];
+        }
+    }
+}
+
+/// Bytes to one image's normalised CHW floats, appended to `out`.
+pub fn preprocess_into(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    norm: &Normalisation,
+    out: &mut Vec<f32>,
+) -> Result<(), PreprocessError> {
+    let rgb = to_rgb(decode(bytes, limits)?);
+    normalise_into(&rgb, norm, out);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, ImageBuffer, Luma, Rgb, Rgba, RgbaImage};
+
+    fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, format).expect("encoding an in-memory image");
+        out.into_inner()
+    }
+
+    fn norm(size: u32) -> Normalisation {
+        Normalisation {
+            height: size,
+            width: size,
+            mean: [0.5; 3],
+            std: [0.25; 3],
+        }
+    }
+
+    #[test]
+    fn every_format_decodes_by_content_to_the_same_colour() -> Result<(), PreprocessError> {
+        let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(40, 20, Rgb([255, 0, 0])));
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Gif,
+            ImageFormat::Bmp,
+            ImageFormat::WebP,
+        ] {
+            let bytes = encode(&image, format);
+            let mut out = Vec::new();
+            preprocess_into(&bytes, &DecodeLimits::default(), &norm(8), &mut out)?;
+            assert_eq!(out.len(), 3 * 64);
+            // Red: (1 - 0.5) / 0.25 = 2, green and blue: -2 (JPEG is lossy, hence the tolerance).
+            assert!((out[0] - 2.0).abs() < 0.1, "{format:?}: {}", out[0]);
+            assert!((out[64] + 2.0).abs() < 0.1, "{format:?}: {}", out[64]);
+            assert!((out[128] + 2.0).abs() < 0.1, "{format:?}: {}", out[128]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn grayscale_sixteen_bit_and_alpha_become_rgb() -> Result<(), PreprocessError> {
+        let gray = DynamicImage::ImageLuma8(GrayImage::from_pixel(4, 4, Luma([128])));
+        let rgb = to_rgb(decode(&encode(&gray, ImageFormat::Png), &DecodeLimits::default())?);
+        assert_eq!(rgb.get_pixel(0, 0).0, [128, 128, 128]);
+
+        let deep: ImageBuffer<Rgb<u16>, Vec<u16>> = ImageBuffer::from_pixel(4, 4, Rgb([65535, 0, 32896]));
+        let rgb = to_rgb(decode(
+            &encode(&DynamicImage::ImageRgb16(deep), ImageFormat::Png),
+            &DecodeLimits::default(),
+        )?);
+        assert_eq!(rgb.get_pixel(1, 1).0, [255, 0, 128]);
+
+        // Fully transparent black shows as white; opaque blue stays blue.
+        let mut rgba = RgbaImage::from_pixel(2, 1, Rgba([0, 0, 0, 0]));
+        rgba.put_pixel(1, 0, Rgba([0, 0, 255, 255]));
+        let rgb = to_rgb(decode(
+            &encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png),
+            &DecodeLimits::default(),
+        )?);
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [0, 0, 255]);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_empty_unknown_unsupported_corrupt_and_oversized() {
+        let limits = DecodeLimits::default();
+        assert_eq!(decode(b"", &limits).err(), Some(PreprocessError::Empty));
+        assert_eq!(
+            decode(b"hello world", &limits).err(),
+            Some(PreprocessError::UnknownFormat)
+        );
+        assert!(matches!(
+            decode(b"II*\0\x08\0\0\0", &limits),
+            Err(PreprocessError::UnsupportedFormat(_))
+        ));
+        let png = encode(
+            &DynamicImage::ImageRgb8(RgbImage::from_pixel(64, 64, Rgb([1, 2, 3]))),
+            ImageFormat::Png,
+        );
+        assert!(matches!(
+            decode(&png[..png.len() / 2], &limits),
+            Err(PreprocessError::Corrupt(_))
+        ));
+        let small = DecodeLimits {
+            max_width: 32,
+            ..limits
+        };
+        assert!(matches!(decode(&png, &small), Err(PreprocessError::TooLarge(_))));
+        let tight = DecodeLimits {
+            max_alloc: 1000,
+            ..limits
+        };
+        assert!(matches!(decode(&png, &tight), Err(PreprocessError::TooLarge(_))));
+    }
+
+    /// A JPEG with an APP1 EXIF block holding only the Orientation tag.
+    fn jpeg_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> {
+        let jpeg = encode(image, ImageFormat::Jpeg);
+        let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+        tiff.extend(1u16.to_le_bytes()); // one IFD entry
+        tiff.extend(0x0112u16.to_le_bytes()); // Orientation
+        tiff.extend(3u16.to_le_bytes()); // SHORT
+        tiff.extend(1u32.to_le_bytes());
+        tiff.extend(orientation.to_le_bytes());
+        tiff.extend([0, 0]);
+        tiff.extend(0u32.to_le_bytes()); // no next IFD
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend(tiff);
+        let mut out = jpeg[..2].to_vec(); // SOI
+        out.extend([0xFF, 0xE1]);
+        out.extend(u16::try_from(app1.len() + 2).expect("small segment").to_be_bytes());
+        out.extend(app1);
+        out.extend(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() -> Result<(), PreprocessError> {
+        // Left half red, right half blue, 16x8; orientation 6 means "rotate 90 degrees clockwise to view".
+        let image = DynamicImage::ImageRgb8(RgbImage::from_fn(16, 8, |x, _| {
+            if x < 8 { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) }
+        }));
+        let plain = to_rgb(decode(&jpeg_with_orientation(&image, 1), &DecodeLimits::default())?);
+        assert_eq!(plain.dimensions(), (16, 8));
+        let rotated = to_rgb(decode(&jpeg_with_orientation(&image, 6), &DecodeLimits::default())?);
+        assert_eq!(rotated.dimensions(), (8, 16));
+        // After a clockwise turn the left (red) half is on top.
+        assert!(rotated.get_pixel(4, 2)[0] > 200 && rotated.get_pixel(4, 2)[2] < 60);
+        assert!(rotated.get_pixel(4, 13)[2] > 200 && rotated.get_pixel(4, 13)[0] < 60);
+        Ok(())
+    }
+
+    #[test]
+    fn downsizing_averages_the_area() {
+        // A fine checkerboard averages to mid-grey, which a nearest-neighbour resize would not give.
+        let board = RgbImage::from_fn(64, 64, |x, y| {
+            if (x + y) % 2 == 0 {
+                Rgb([255, 255, 255])
+            } else {
+                Rgb([0, 0, 0])
+            }
+        });
+        let mut out = Vec::new();
+        normalise_into(&board, &norm(8), &mut out);
+        for v in out {
+            assert!(v.abs() < 0.1, "{v}");
+        }
+    }
+}

@@ -1,0 +1,539 @@
+//! The router in-process (`tower::ServiceExt::oneshot`) over a real ONNX Runtime session of a
+//! tiny colour classifier: every input form, every error class, a batch, top_k edges, the V2
+//! protocol, health, metrics and OpenAPI. Replies are insta JSON snapshots, timings redacted.
+
+mod common;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use base64::Engine as _;
+use common::{expected_probabilities, solid};
+use image::ImageFormat;
+use infer::api::Limits;
+use infer::batch::BatchConfig;
+use infer::model::{Classifier, Overrides};
+use infer::preprocess::DecodeLimits;
+use infer::testing::TinyModel;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn classifier() -> Result<Arc<Classifier>> {
+    let bytes = TinyModel::rgb(32).build();
+    Ok(Arc::new(Classifier::load(
+        &bytes,
+        "tiny",
+        "tiny.onnx",
+        &Overrides::default(),
+        1,
+    )?))
+}
+
+fn app_with(limits: Limits, batching: BatchConfig) -> Result<Router> {
+    Ok(infer::host::app(classifier()?, batching, limits))
+}
+
+fn app() -> Result<Router> {
+    app_with(
+        Limits {
+            max_images: 4,
+            ..Limits::default()
+        },
+        BatchConfig::default(),
+    )
+}
+
+async fn call(app: &Router, req: Request<Body>) -> Result<(StatusCode, Value)> {
+    let response = app.clone().oneshot(req).await?;
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Ok((status, value))
+}
+
+fn post(uri: &str, content_type: &str, body: impl Into<Body>) -> Result<Request<Body>> {
+    Ok(Request::post(uri)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body.into())?)
+}
+
+fn get(uri: &str) -> Result<Request<Body>> {
+    Ok(Request::get(uri).body(Body::empty())?)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn multipart(field: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "XyZzYboundary42";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"img.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+macro_rules! snapshot {
+    ($name:expr, $value:expr) => {
+        insta::assert_json_snapshot!($name, $value, {
+            ".timing.preprocess_ms" => "[ms]",
+            ".timing.inference_ms" => "[ms]",
+            ".timing.total_ms" => "[ms]",
+            ".predictions[].probability" => insta::rounded_redaction(5),
+            ".predictions[].top_k[].probability" => insta::rounded_redaction(5),
+            ".model.version" => "[version]",
+            ".version" => "[version]",
+            ".model_version" => "[version]",
+            ".sha256" => "[sha256]",
+            ".versions[]" => "[version]",
+            ".info.version" => "[crate version]"
+        })
+    };
+}
+
+fn label(reply: &Value, i: usize) -> &str {
+    reply["predictions"][i]["label"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn raw_body_is_classified_by_content_whatever_the_content_type_says() -> Result<()> {
+    let app = app()?;
+    let png = solid([250, 10, 10], 32, 32, ImageFormat::Png);
+    let (status, reply) = call(&app, post("/v1/predict", "image/png", png.clone())?).await?;
+    assert_eq!(status, StatusCode::OK);
+    snapshot!("predict_raw_png", &reply);
+
+    // A JPEG labelled image/png, a WebP as octet-stream, on the student's path.
+    let jpeg = solid([10, 240, 10], 64, 48, ImageFormat::Jpeg);
+    let (status, reply) = call(&app, post("/predict", "image/png", jpeg)?).await?;
+    assert_eq!((status, label(&reply, 0)), (StatusCode::OK, "green"));
+    let webp = solid([5, 5, 250], 20, 20, ImageFormat::WebP);
+    let (status, reply) = call(&app, post("/v1/predict", "application/octet-stream", webp)?).await?;
+    assert_eq!((status, label(&reply, 0)), (StatusCode::OK, "blue"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn probabilities_match_an_independent_computation() -> Result<()> {
+    let app = app()?;
+    let colour = [180, 140, 60];
+    let png = solid(colour, 32, 32, ImageFormat::Png);
+    let (status, reply) = call(&app, post("/v1/predict?top_k=3", "image/png", png)?).await?;
+    assert_eq!(status, StatusCode::OK);
+    let expected = expected_probabilities(colour);
+    let top = reply["predictions"][0]["top_k"].as_array().context("top_k list")?;
+    assert_eq!(top.len(), 3);
+    let mut last = f64::INFINITY;
+    for entry in top {
+        let id = entry["class_id"].as_u64().context("class_id")? as usize;
+        let p = entry["probability"].as_f64().context("probability")?;
+        assert!(
+            (p - f64::from(expected[id])).abs() < 1e-4,
+            "class {id}: {p} vs {}",
+            expected[id]
+        );
+        assert!(p <= last, "not sorted");
+        last = p;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn multipart_json_and_batch_forms() -> Result<()> {
+    let app = app()?;
+    let (content_type, body) = multipart("file", &solid([240, 20, 20], 32, 32, ImageFormat::Bmp));
+    let (status, reply) = call(&app, post("/predict", &content_type, body)?).await?;
+    assert_eq!(status, StatusCode::OK);
+    snapshot!("predict_multipart_bmp", &reply);
+
+    let gif = solid([20, 20, 240], 32, 32, ImageFormat::Gif);
+    let request = json!({"image": b64(&gif)}).to_string();
+    let (status, reply) = call(&app, post("/v1/predict?top_k=1", "application/json", request)?).await?;
+    assert_eq!(status, StatusCode::OK);
+    snapshot!("predict_json_gif_top1", &reply);
+
+    let images: Vec<String> = [[250, 0, 0], [0, 250, 0], [0, 0, 250]]
+        .into_iter()
+        .map(|c| b64(&solid(c, 40, 30, ImageFormat::Png)))
+        .collect();
+    let request = json!({ "images": images }).to_string();
+    let (status, reply) = call(&app, post("/v1/predict?top_k=2", "application/json", request)?).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        [label(&reply, 0), label(&reply, 1), label(&reply, 2)],
+        ["red", "green", "blue"]
+    );
+    snapshot!("predict_json_batch", &reply);
+    Ok(())
+}
+
+#[tokio::test]
+async fn top_k_edges() -> Result<()> {
+    let app = app()?;
+    let png = solid([200, 100, 50], 32, 32, ImageFormat::Png);
+    let (status, reply) = call(&app, post("/v1/predict?top_k=1000", "image/png", png.clone())?).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reply["predictions"][0]["top_k"].as_array().map(Vec::len), Some(3));
+    for (query, code) in [
+        ("top_k=0", "invalid_parameter"),
+        ("top_k=-2", "invalid_parameter"),
+        ("top_k=two", "invalid_parameter"),
+    ] {
+        let (status, reply) = call(&app, post(&format!("/v1/predict?{query}"), "image/png", png.clone())?).await?;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        assert_eq!(reply["error"]["code"], code, "{query}");
+    }
+    let (_, reply) = call(&app, post("/v1/predict?top_k=0", "image/png", png)?).await?;
+    snapshot!("error_top_k_zero", &reply);
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_client_error_has_its_status_and_code() -> Result<()> {
+    let app = app()?;
+    let png = solid([1, 2, 3], 32, 32, ImageFormat::Png);
+    let cases: Vec<(&str, Request<Body>, StatusCode)> = vec![
+        (
+            "not_an_image",
+            post("/v1/predict", "image/jpeg", "hello, world")?,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "empty_body",
+            post("/v1/predict", "image/png", "")?,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "truncated_png",
+            post("/v1/predict", "image/png", png[..png.len() / 2].to_vec())?,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "bad_json",
+            post("/v1/predict", "application/json", "{\"image\": ")?,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "bad_base64",
+            post("/v1/predict", "application/json", r#"{"image": "!!!"}"#)?,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "json_unknown_field",
+            post("/v1/predict", "application/json", r#"{"img": "aGk="}"#)?,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "json_neither",
+            post("/v1/predict", "application/json", "{}")?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "json_empty_batch",
+            post("/v1/predict", "application/json", r#"{"images": []}"#)?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "too_many_images",
+            post(
+                "/v1/predict",
+                "application/json",
+                json!({"images": vec![b64(&png); 5]}).to_string(),
+            )?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "text_plain",
+            post("/v1/predict", "text/plain", png.clone())?,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "form_urlencoded",
+            post("/v1/predict", "application/x-www-form-urlencoded", png.clone())?,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "no_content_type",
+            Request::post("/v1/predict").body(Body::from(png.clone()))?,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "tiff",
+            post("/v1/predict", "image/tiff", b"II*\0\x08\0\0\0\0\0".to_vec())?,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "multipart_no_file",
+            {
+                let (ct, body) = multipart("picture", &png);
+                post("/v1/predict", &ct, body)?
+            },
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "multipart_no_boundary",
+            post("/v1/predict", "multipart/form-data", "x")?,
+            StatusCode::BAD_REQUEST,
+        ),
+        ("unknown_route", get("/v1/nothing")?, StatusCode::NOT_FOUND),
+        ("wrong_method", get("/v1/predict")?, StatusCode::METHOD_NOT_ALLOWED),
+    ];
+    for (name, request, want) in cases {
+        let (status, reply) = call(&app, request).await?;
+        assert_eq!(status, want, "{name}: {reply}");
+        assert!(
+            reply["error"]["code"].is_string() && reply["error"]["message"].is_string(),
+            "{name}: {reply}"
+        );
+        snapshot!(format!("error_{name}"), &reply);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn body_and_pixel_limits_give_413() -> Result<()> {
+    let app = app_with(
+        Limits {
+            max_body: 4096,
+            max_images: 4,
+            decode: DecodeLimits {
+                max_width: 64,
+                max_height: 64,
+                ..DecodeLimits::default()
+            },
+        },
+        BatchConfig::default(),
+    )?;
+    // Noise does not compress: a 64x64 PNG of it is over 4 KiB.
+    let noisy = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 37 + y * 91) as u8, (x * y) as u8, (x ^ y) as u8])
+    });
+    let mut big = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(noisy).write_to(&mut big, ImageFormat::Png)?;
+    let big = big.into_inner();
+    assert!(big.len() > 4096);
+    for request in [
+        post("/v1/predict", "image/png", big.clone())?,
+        post(
+            "/v1/predict",
+            "application/json",
+            json!({"image": b64(&big)}).to_string(),
+        )?,
+        {
+            let (ct, body) = multipart("file", &big);
+            post("/v1/predict", &ct, body)?
+        },
+    ] {
+        let (status, reply) = call(&app, request).await?;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{reply}");
+        assert_eq!(reply["error"]["code"], "payload_too_large");
+    }
+    let (_, reply) = call(&app, post("/v1/predict", "image/png", big)?).await?;
+    snapshot!("error_body_too_large", &reply);
+
+    // Small file, too many pixels: a 65x1 solid PNG compresses to a few bytes.
+    let wide = solid([9, 9, 9], 65, 1, ImageFormat::Png);
+    let (status, reply) = call(&app, post("/v1/predict", "image/png", wide)?).await?;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{reply}");
+    snapshot!("error_too_many_pixels", &reply);
+    Ok(())
+}
+
+#[tokio::test]
+async fn kserve_v2_protocol() -> Result<()> {
+    let app = app()?;
+    for uri in [
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/tiny",
+        "/v2/models/tiny/ready",
+    ] {
+        let (status, reply) = call(&app, get(uri)?).await?;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        snapshot!(format!("v2_{}", uri.trim_start_matches('/').replace('/', "_")), &reply);
+    }
+    // Two 32x32 images, solid red and solid blue in normalised units: logits are 4x the channel.
+    let plane = 32 * 32;
+    let mut data = Vec::new();
+    for rgb in [[2.0f32, -2.0, -2.0], [-2.0, -2.0, 1.0]] {
+        for c in rgb {
+            data.extend(std::iter::repeat_n(c, plane));
+        }
+    }
+    let request = json!({"id": "req-1", "inputs": [{"name": "input", "shape": [2, 3, 32, 32], "datatype": "FP32", "data": data}]});
+    let (status, reply) = call(
+        &app,
+        post("/v2/models/tiny/infer", "application/json", request.to_string())?,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    snapshot!("v2_infer", &reply);
+
+    let bad = |tensor: Value| {
+        post(
+            "/v2/models/tiny/infer",
+            "application/json",
+            json!({"inputs": [tensor]}).to_string(),
+        )
+    };
+    let cases = vec![
+        (
+            "unknown_model",
+            post("/v2/models/other/infer", "application/json", request.to_string())?,
+            StatusCode::NOT_FOUND,
+        ),
+        ("unknown_model_meta", get("/v2/models/other")?, StatusCode::NOT_FOUND),
+        (
+            "wrong_shape",
+            bad(json!({"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0]}))?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "wrong_count",
+            bad(json!({"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.0, 1.0]}))?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "wrong_type",
+            bad(json!({"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP16", "data": []}))?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "wrong_name",
+            bad(json!({"name": "x", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": []}))?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "strings",
+            bad(json!({"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": ["a"]}))?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "not_json",
+            post("/v2/models/tiny/infer", "application/json", "nope")?,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "infer_get",
+            get("/v2/models/tiny/infer")?,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ];
+    for (name, request, want) in cases {
+        let (status, reply) = call(&app, request).await?;
+        assert_eq!(status, want, "{name}: {reply}");
+        snapshot!(format!("v2_error_{name}"), &reply);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_model_metrics_and_openapi() -> Result<()> {
+    let app = app()?;
+    for uri in ["/healthz", "/readyz"] {
+        let (status, reply) = call(&app, get(uri)?).await?;
+        assert_eq!(status, StatusCode::OK);
+        snapshot!(format!("health_{}", uri.trim_start_matches('/')), &reply);
+    }
+    let (status, reply) = call(&app, get("/v1/model")?).await?;
+    assert_eq!(status, StatusCode::OK);
+    snapshot!("model_info", &reply);
+
+    // Every documented route is served (neither 404 nor 405).
+    let (status, doc) = call(&app, get("/openapi.json")?).await?;
+    assert_eq!(status, StatusCode::OK);
+    for (method, path) in infer::openapi::ROUTES {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} undocumented");
+        let uri = path.replace("{name}", "tiny");
+        let request = Request::builder()
+            .method(method.to_uppercase().as_str())
+            .uri(&uri)
+            .body(Body::empty())?;
+        let (status, _) = call(&app, request).await?;
+        assert!(
+            status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}: {status}"
+        );
+    }
+
+    let png = solid([250, 10, 10], 32, 32, ImageFormat::Png);
+    call(&app, post("/v1/predict", "image/png", png)?).await?;
+    call(&app, get("/nowhere")?).await?;
+    let response = app.clone().oneshot(get("/metrics")?).await?;
+    assert!(response.headers().get("x-request-id").is_some());
+    let text = String::from_utf8(axum::body::to_bytes(response.into_body(), usize::MAX).await?.to_vec())?;
+    assert!(
+        text.contains(r#"infer_http_requests_total{method="POST",route="/v1/predict",status="200"}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="unmatched",status="404"} 1"#), "{text}");
+    assert!(
+        text.contains("infer_http_request_duration_seconds_bucket{route=\"/v1/predict\",le=\"+Inf\"}"),
+        "{text}"
+    );
+    assert!(text.contains("infer_batch_size_count"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_or_made() -> Result<()> {
+    let app = app()?;
+    let request = Request::get("/healthz")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())?;
+    let response = app.clone().oneshot(request).await?;
+    assert_eq!(
+        response.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+        Some("abc-123")
+    );
+    let response = app.clone().oneshot(get("/healthz")?).await?;
+    assert!(response.headers().get("x-request-id").is_some_and(|v| !v.is_empty()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_batched_and_answered_correctly() -> Result<()> {
+    // A long batch window makes concurrent requests share model runs; each must still get its own answer.
+    let app = app_with(
+        Limits::default(),
+        BatchConfig {
+            max_batch: 8,
+            max_wait: std::time::Duration::from_millis(50),
+        },
+    )?;
+    let colours = [[250, 0, 0], [0, 250, 0], [0, 0, 250]];
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let app = app.clone();
+        let colour = colours[i % 3];
+        tasks.push(tokio::spawn(async move {
+            let png = solid(colour, 32, 32, ImageFormat::Png);
+            let reply = call(&app, post("/v1/predict", "image/png", png)?).await?;
+            Ok::<_, anyhow::Error>((i, reply))
+        }));
+    }
+    for task in tasks {
+        let (i, (status, reply)) = task.await??;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(label(&reply, 0), ["red", "green", "blue"][i % 3]);
+    }
+    let (_, _) = call(&app, get("/healthz")?).await?;
+    let response = app.clone().oneshot(get("/metrics")?).await?;
+    let text = String::from_utf8(axum::body::to_bytes(response.into_body(), usize::MAX).await?.to_vec())?;
+    // 12 images in fewer than 12 runs.
+    let runs: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("infer_batch_size_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("batch count")?;
+    assert!(runs < 12, "{runs} runs for 12 concurrent requests: no batching\n{text}");
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! The `infer` binary as a real server on a loopback port, hit by a real HTTP client; SIGTERM
+//! while a request is in flight lets that request finish; a bad model stops start-up with a
+//! message naming the file; `infer predict` classifies files.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use common::{infer_bin, solid};
+use image::ImageFormat;
+use infer::testing::{TinyModel, write_with_sidecar};
+use serde_json::Value;
+
+/// A running `infer serve`, killed on drop if the test did not stop it.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(model: &Path, extra: &[&str]) -> Result<Server> {
+    let mut child = Command::new(infer_bin())
+        .args(["serve", "--addr", "127.0.0.1:0", "--model"])
+        .arg(model)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting infer serve")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_owned();
+    Ok(Server { child, addr })
+}
+
+fn model_dir() -> Result<(tempfile::TempDir, std::path::PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let path = write_with_sidecar(dir.path(), "tiny.onnx", &TinyModel::rgb(32).build())?;
+    Ok((dir, path))
+}
+
+fn sigterm(child: &Child) -> Result<()> {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    ensure!(status.success(), "kill -TERM failed");
+    Ok(())
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            bail!("the server did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serves_over_http_and_finishes_the_request_in_flight_on_sigterm() -> Result<()> {
+    let (_dir, model) = model_dir()?;
+    let mut server = start(&model, &[])?;
+    let url = format!("http://{}", server.addr);
+
+    // A real HTTP client.
+    let png = solid([10, 10, 250], 32, 32, ImageFormat::Png);
+    let reply: Value = ureq::post(&format!("{url}/v1/predict?top_k=2"))
+        .header("Content-Type", "image/png")
+        .send(&png[..])?
+        .body_mut()
+        .read_json()?;
+    assert_eq!(reply["predictions"][0]["label"], "blue", "{reply}");
+    assert_eq!(reply["model"]["name"], "tiny");
+    let ready: Value = ureq::get(&format!("{url}/v2/health/ready"))
+        .call()?
+        .body_mut()
+        .read_json()?;
+    assert_eq!(ready["ready"], true);
+
+    // Start a request and leave its body half-sent, then SIGTERM the server.
+    let body = solid([250, 10, 10], 32, 32, ImageFormat::Png);
+    let mut stream = TcpStream::connect(&server.addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "POST /v1/predict HTTP/1.1\r\nHost: {}\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        body.len()
+    )?;
+    let half = body.len() / 2;
+    stream.write_all(&body[..half])?;
+    stream.flush()?;
+    std::thread::sleep(Duration::from_millis(200));
+    sigterm(&server.child)?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.child.try_wait()?.is_none(),
+        "the server exited with a request in flight"
+    );
+    stream.write_all(&body[half..])?;
+    stream.flush()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"label\":\"red\""), "{response}");
+
+    let status = wait_exit(&mut server.child, Duration::from_secs(10))?;
+    assert!(status.success(), "exit status {status}");
+    // Nothing listens any more.
+    assert!(TcpStream::connect(&server.addr).is_err());
+    Ok(())
+}
+
+fn start_failure(model_arg: Option<&str>) -> Result<String> {
+    let mut command = Command::new(infer_bin());
+    command.args(["serve", "--addr", "127.0.0.1:0"]).env_remove("MODEL_URI");
+    if let Some(model) = model_arg {
+        command.args(["--model", model]);
+    }
+    let output = command.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+    ensure!(!output.status.success(), "start-up should have failed");
+    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn a_bad_model_stops_start_up_naming_the_file_and_reason() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let good = TinyModel::rgb(32).build();
+
+    // Corrupted after export: the sidecar no longer matches.
+    let corrupted = write_with_sidecar(dir.path(), "corrupted.onnx", &good)?;
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x55;
+    std::fs::write(&corrupted, &flipped)?;
+    let err = start_failure(corrupted.to_str())?;
+    assert!(
+        err.contains("corrupted.onnx is corrupted") && err.contains("sha256"),
+        "{err}"
+    );
+
+    // Not an ONNX file at all.
+    let garbage = dir.path().join("garbage.onnx");
+    std::fs::write(&garbage, b"definitely not protobuf \xff\xff\xff")?;
+    let err = start_failure(garbage.to_str())?;
+    assert!(err.contains("garbage.onnx could not be loaded"), "{err}");
+
+    // Incompatible: a fixed 3-class output but labels for two.
+    let labelled = write_with_sidecar(
+        dir.path(),
+        "foreign.onnx",
+        &TinyModel {
+            with_metadata: false,
+            ..TinyModel::rgb(32)
+        }
+        .build(),
+    )?;
+    let output = Command::new(infer_bin())
+        .args(["serve", "--addr", "127.0.0.1:0", "--labels", "a,b", "--model"])
+        .arg(&labelled)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && err.contains("foreign.onnx is incompatible") && err.contains("3 classes"),
+        "{err}"
+    );
+
+    let err = start_failure(Some(&dir.path().join("missing.onnx").display().to_string()))?;
+    assert!(err.contains("missing.onnx") && err.contains("No such file"), "{err}");
+
+    if !infer::source::HAS_BUNDLED_MODEL {
+        let err = start_failure(None)?;
+        assert!(err.contains("no model is bundled") && err.contains("--model"), "{err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_foreign_model_is_served_with_flags() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = write_with_sidecar(
+        dir.path(),
+        "foreign.onnx",
+        &TinyModel {
+            with_metadata: false,
+            ..TinyModel::rgb(32)
+        }
+        .build(),
+    )?;
+    let server = start(
+        &model,
+        &[
+            "--labels",
+            "rouge,vert,bleu",
+            "--mean",
+            "0.5,0.5,0.5",
+            "--std",
+            "0.25,0.25,0.25",
+        ],
+    )?;
+    let png = solid([5, 240, 5], 50, 50, ImageFormat::Png);
+    let reply: Value = ureq::post(&format!("http://{}/v1/predict", server.addr))
+        .header("Content-Type", "image/png")
+        .send(&png[..])?
+        .body_mut()
+        .read_json()?;
+    assert_eq!(reply["predictions"][0]["label"], "vert", "{reply}");
+    Ok(())
+}
+
+#[test]
+fn predict_classifies_files_offline() -> Result<()> {
+    let (dir, model) = model_dir()?;
+    let red = dir.path().join("red.jpg");
+    let blue = dir.path().join("blue.png");
+    std::fs::write(&red, solid([240, 20, 20], 64, 64, ImageFormat::Jpeg))?;
+    std::fs::write(&blue, solid([20, 20, 240], 8, 8, ImageFormat::Png))?;
+    let output = Command::new(infer_bin())
+        .arg("predict")
+        .args([&red, &blue])
+        .arg("--model")
+        .arg(&model)
+        .arg("--json")
+        .output()?;
+    ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let reply: Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(reply["predictions"][0]["top_k"][0]["label"], "red", "{reply}");
+    assert_eq!(reply["predictions"][1]["top_k"][0]["label"], "blue", "{reply}");
+
+    let output = Command::new(infer_bin())
+        .arg("predict")
+        .arg(&blue)
+        .arg("--model")
+        .arg(&model)
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("blue.png: blue ("), "{text}");
+    Ok(())
+}
