@@ -15,7 +15,7 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case {
-        name: "student 1x3x128x128 -> 16",
+        name: "student 1x3x128x128 16f",
         input: [1, 3, 128, 128],
         out_channels: 16,
     },
