@@ -24,7 +24,14 @@ pub const WORKFLOWS: &str = ".github/workflows";
 
 /// The deployment modes whose transformed templates are linted: parameter overrides each.
 pub const VARIANTS: &[(&str, &[(&str, &str)])] = &[
-    ("zip-public", &[("PackageType", "Zip"), ("AuthMode", "NONE")]),
+    (
+        "zip-public-packaged-model",
+        &[
+            ("PackageType", "Zip"),
+            ("AuthMode", "NONE"),
+            ("ModelPath", "/var/task/model.onnx"),
+        ],
+    ),
     (
         "zip-iam-s3",
         &[
