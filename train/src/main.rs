@@ -1,9 +1,15 @@
-//! `train`: the command line over the `train` library (summary, fit, eval, download, bench, export).
+//! `train`: the command line over the `train` library: summary, fit, eval, download, bench, export.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tch::Device;
+
+use train::fit::{FitOptions, RunSettings};
 use train::model::ResNetConfig;
+use train::optim::Schedule;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,6 +22,167 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    /// CUDA when available, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Toggle {
+    /// Decided from the device (see `--help` of the option).
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Args)]
+struct Machine {
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Intra-op threads for libtorch (default: libtorch's choice, one per core).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Channels-last memory format; auto = on for CUDA and, on a CPU, where `train bench`
+    /// measured it faster (widths of 32 and more).
+    #[arg(long, value_enum, default_value = "auto")]
+    channels_last: Toggle,
+}
+
+impl Machine {
+    fn apply(&self) -> Result<Device> {
+        if let Some(n) = self.threads {
+            if n < 1 {
+                bail!("--threads must be at least 1, got {n}");
+            }
+            tch::set_num_threads(n);
+        }
+        Ok(match self.device {
+            DeviceArg::Auto => Device::cuda_if_available(),
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => {
+                if !tch::Cuda::is_available() {
+                    bail!("--device cuda: no CUDA device is available to libtorch (this build may be CPU-only)");
+                }
+                Device::Cuda(0)
+            }
+        })
+    }
+
+    fn channels_last(&self, device: Device, width: i64) -> bool {
+        match self.channels_last {
+            Toggle::On => true,
+            Toggle::Off => false,
+            Toggle::Auto => device.is_cuda() || width >= 32,
+        }
+    }
+}
+
+/// Options of `fit`; those left out come from the defaults, or on `--resume` from the run.
+#[derive(Debug, Args)]
+struct FitArgs {
+    /// Data set: a directory (CIFAR binary or train/<class>/ image folders) or a .tar.gz of one.
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory: checkpoint.pt, metrics.jsonl, charts and model.onnx go here.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// [default: 30]
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// [default: 128]
+    #[arg(long)]
+    batch_size: Option<i64>,
+    /// Peak learning rate [default: 0.2].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// [default: 0.9]
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// On conv and linear weights only [default: 5e-4].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// [default: 0.1]
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// [default: one-cycle]
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
+    /// Warm-up of the warmup-cosine schedule [default: 2].
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// Channels of the first stage (64 = standard ResNet-18) [default: 64].
+    #[arg(long)]
+    width: Option<i64>,
+    /// [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Turn off random crop and flip.
+    #[arg(long)]
+    no_augment: bool,
+    /// Evaluate with flip test-time augmentation.
+    #[arg(long)]
+    flip_tta: bool,
+    /// Train on a random subset of this many images.
+    #[arg(long)]
+    limit_train: Option<i64>,
+    /// Evaluate on a random subset of this many test images.
+    #[arg(long)]
+    limit_test: Option<i64>,
+    /// Do not export RUN_DIR/model.onnx at the end.
+    #[arg(long)]
+    no_export: bool,
+    /// No mixed precision on CUDA.
+    #[arg(long)]
+    no_amp: bool,
+    #[command(flatten)]
+    machine: Machine,
+}
+
+impl FitArgs {
+    fn options(&self) -> Result<FitOptions> {
+        let ckpt = self.out.join(train::fit::CHECKPOINT_FILE);
+        let mut o = if self.resume && ckpt.exists() {
+            train::fit::stored_options(&ckpt)?
+        } else {
+            FitOptions::default()
+        };
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { o.$field = v; } )* };
+        }
+        take!(
+            epochs,
+            batch_size,
+            lr,
+            momentum,
+            weight_decay,
+            label_smoothing,
+            schedule,
+            warmup_epochs,
+            width,
+            seed
+        );
+        if self.limit_train.is_some() {
+            o.limit_train = self.limit_train;
+        }
+        if self.limit_test.is_some() {
+            o.limit_test = self.limit_test;
+        }
+        if self.no_augment {
+            o.augment = false;
+        }
+        if self.flip_tta {
+            o.flip_tta = true;
+        }
+        Ok(o)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print every layer with its output shape and parameter count.
@@ -25,6 +192,73 @@ enum Command {
         width: i64,
         #[arg(long, default_value_t = 10)]
         num_classes: i64,
+    },
+    /// Train (or resume) a run; writes checkpoints, metrics.jsonl, charts and model.onnx.
+    Fit(Box<FitArgs>),
+    /// Accuracy, per-class accuracy and confusion matrix of a checkpoint on a data set's test split.
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        batch_size: i64,
+        /// Average the logits of each image and its mirror image.
+        #[arg(long)]
+        flip_tta: bool,
+        /// Also draw the confusion matrix into this PNG.
+        #[arg(long)]
+        confusion_png: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        machine: Machine,
+    },
+    /// Fetch the official CIFAR-10 binary release, verify its MD5 and unpack it.
+    Download {
+        /// Where to put the archive and the unpacked data.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = train::download::CIFAR10_BINARY_URL)]
+        url: String,
+        #[arg(long, default_value = train::download::CIFAR10_BINARY_MD5)]
+        md5: String,
+        /// Verify and unpack an archive already downloaded instead of fetching.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
+    /// Time training steps on random data: images per second on this machine.
+    Bench {
+        #[arg(long, default_value_t = 64)]
+        width: i64,
+        #[arg(long, default_value_t = 128)]
+        batch_size: i64,
+        /// Timed steps.
+        #[arg(long, default_value_t = 20)]
+        steps: u32,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 3)]
+        warmup: u32,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        no_amp: bool,
+        #[command(flatten)]
+        machine: Machine,
+    },
+    /// Write a checkpoint as ONNX with the model's contract in its metadata.
+    Export {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, default_value = "model.onnx")]
+        out: PathBuf,
+        #[arg(long, default_value_t = train::export::DEFAULT_OPSET)]
+        opset: i64,
+        /// Store weights as float16 (about half the file); input and output stay float32.
+        #[arg(long)]
+        fp16: bool,
     },
 }
 
@@ -36,11 +270,126 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match cli.command {
+    let progress = std::io::stderr().is_terminal();
+    match Cli::parse().command {
         Command::Summary { width, num_classes } => {
             let summary = train::summary::summarise(ResNetConfig { width, num_classes }, 2)?;
             println!("{summary}");
+        }
+        Command::Fit(args) => {
+            let device = args.machine.apply()?;
+            let opts = args.options()?;
+            let settings = RunSettings {
+                data: args.data.clone(),
+                out: args.out.clone(),
+                device,
+                resume: args.resume,
+                channels_last: args.machine.channels_last(device, opts.width),
+                amp: !args.no_amp,
+                progress,
+                export: !args.no_export,
+                stop_after: None,
+            };
+            let report = train::fit::fit(&settings, &opts)?;
+            println!("{}", report.final_eval.report(&report.class_names));
+            println!("run directory: {}", report.run_dir.display());
+            println!("checkpoint:    {}", report.checkpoint.display());
+            if let Some(onnx) = &report.onnx {
+                println!("ONNX model:    {}", onnx.display());
+            }
+        }
+        Command::Eval {
+            checkpoint,
+            data,
+            batch_size,
+            flip_tta,
+            confusion_png,
+            json,
+            machine,
+        } => {
+            let device = machine.apply()?;
+            let (_vs, model, info) = train::checkpoint::load_for_inference(&checkpoint, device)?;
+            let ds = train::data::load(&data)?;
+            if ds.class_names != info.class_names {
+                bail!(
+                    "{} has classes {:?} but {} was trained on {:?}",
+                    data.display(),
+                    ds.class_names,
+                    checkpoint.display(),
+                    info.class_names
+                );
+            }
+            let norm = train::data::Normalizer::new(info.mean, info.std, device);
+            let eval = train::eval::evaluate(&model, &ds.test, &norm, batch_size, device, flip_tta)?;
+            if let Some(png) = &confusion_png {
+                train::plots::confusion_matrix(png, &eval.confusion, &info.class_names)?;
+            }
+            if json {
+                let value = serde_json::json!({
+                    "checkpoint": checkpoint,
+                    "data": data,
+                    "class_names": info.class_names,
+                    "accuracy": eval.accuracy,
+                    "loss": eval.loss,
+                    "images": eval.images,
+                    "per_class_accuracy": eval.per_class(),
+                    "confusion": eval.confusion,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("{}", eval.report(&info.class_names));
+            }
+        }
+        Command::Download { dir, url, md5, archive } => {
+            let root = match archive {
+                Some(archive) => train::download::verify_and_unpack(&archive, &md5, &dir)?,
+                None => train::download::download(&url, &md5, &dir, progress)?,
+            };
+            println!("data ready: train fit --data {}", root.display());
+        }
+        Command::Bench {
+            width,
+            batch_size,
+            steps,
+            warmup,
+            json,
+            no_amp,
+            machine,
+        } => {
+            let device = machine.apply()?;
+            if batch_size < 2 || steps < 1 {
+                bail!("--batch-size must be at least 2 and --steps at least 1");
+            }
+            let opts = train::bench::BenchOptions {
+                width,
+                batch_size,
+                steps,
+                warmup,
+                device: format!("{device:?}").to_lowercase(),
+                channels_last: machine.channels_last(device, width),
+                amp: !no_amp && device.is_cuda(),
+                threads: tch::get_num_threads(),
+            };
+            let report = train::bench::bench(&opts, device).context("benchmark failed")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+        }
+        Command::Export {
+            checkpoint,
+            out,
+            opset,
+            fp16,
+        } => {
+            let report = train::export::export_checkpoint(&train::export::ExportOptions {
+                checkpoint,
+                out,
+                opset,
+                fp16,
+            })?;
+            println!("{report}");
         }
     }
     Ok(())

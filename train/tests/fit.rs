@@ -1,0 +1,358 @@
+//! Training runs end to end on tiny synthetic data: exact resume, NaN stop, refusal to clobber
+//! a run, and the `train` binary's commands (fit, eval, summary, bench, kill and resume).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tch::Device;
+use train::checkpoint::{self, TrainingState};
+use train::fit::{self, FitError, FitOptions, RunSettings};
+
+type Error = Box<dyn std::error::Error>;
+type TestResult = Result<(), Error>;
+
+/// `train/<class>/*.png`, `test/<class>/*.png`: each class a noisy colour, so a tiny model can
+/// learn something and the loss moves.
+fn write_data(root: &Path, per_class: (usize, usize)) -> TestResult {
+    let classes = ["red", "green", "blue"];
+    let mut seed = 12345u32;
+    let mut noise = || {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        (seed >> 16) as u8 % 64
+    };
+    for (split, n) in [("train", per_class.0), ("test", per_class.1)] {
+        for (c, class) in classes.iter().enumerate() {
+            let dir = root.join(split).join(class);
+            fs::create_dir_all(&dir)?;
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(32, 32, |_, _| {
+                    let mut p = [noise(), noise(), noise()];
+                    p[c] = p[c].saturating_add(160);
+                    image::Rgb(p)
+                });
+                img.save(dir.join(format!("{i:03}.png")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Two OpenMP threads on two cores shared with parallel tests spin in barriers for seconds
+/// per step; one thread keeps the tests fast (and determinism does not depend on it).
+fn single_thread() {
+    tch::set_num_threads(1);
+}
+
+fn options() -> FitOptions {
+    FitOptions {
+        epochs: 3,
+        batch_size: 8,
+        lr: 0.05,
+        width: 4,
+        seed: 7,
+        ..FitOptions::default()
+    }
+}
+
+fn settings(data: &Path, out: &Path) -> RunSettings {
+    RunSettings {
+        data: data.to_owned(),
+        out: out.to_owned(),
+        device: Device::Cpu,
+        resume: false,
+        channels_last: false,
+        amp: false,
+        progress: false,
+        export: false,
+        stop_after: None,
+    }
+}
+
+fn assert_same_state(a: &Path, b: &Path) -> TestResult {
+    let (a, b) = (checkpoint::read(a)?, checkpoint::read(b)?);
+    assert_eq!(a.info, b.info);
+    assert_eq!(a.weights.len(), b.weights.len());
+    for (name, t) in &a.weights {
+        assert!(t.equal(&b.weights[name]), "weights of `{name}` differ");
+    }
+    let (sa, sb) = (a.training.ok_or("no state")?, b.training.ok_or("no state")?);
+    assert!(!sa.momentum.is_empty());
+    for (name, t) in &sa.momentum {
+        assert!(t.equal(&sb.momentum[name]), "momentum of `{name}` differs");
+    }
+    Ok(())
+}
+
+/// `(epoch, train loss, test loss)` per line.
+fn metric_values(path: &Path) -> Result<Vec<(u32, f64, f64)>, Error> {
+    Ok(fit::read_metrics(path, u32::MAX)?
+        .into_iter()
+        .map(|m| (m.epoch, m.train_loss, m.test_loss))
+        .collect())
+}
+
+#[test]
+fn resumed_run_reaches_bitwise_the_same_weights() -> TestResult {
+    single_thread();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    // 30 training images in batches of 8: a short last batch in every epoch.
+    write_data(&data, (10, 2))?;
+    for channels_last in [false, true] {
+        // Channels-last needs a width that is a multiple of 8 on a CPU.
+        let opts = FitOptions {
+            width: if channels_last { 8 } else { 4 },
+            ..options()
+        };
+        let straight = dir.path().join(format!("straight-{channels_last}"));
+        let mut s = settings(&data, &straight);
+        s.channels_last = channels_last;
+        let report = fit::fit(&s, &opts)?;
+        assert_eq!(report.epochs, 3);
+        assert_eq!(report.history.len(), 3);
+
+        let interrupted = dir.path().join(format!("interrupted-{channels_last}"));
+        let mut s = settings(&data, &interrupted);
+        s.channels_last = channels_last;
+        s.stop_after = Some(1);
+        assert_eq!(fit::fit(&s, &opts)?.epochs, 1);
+        s.stop_after = None;
+        s.resume = true;
+        assert_eq!(fit::fit(&s, &opts)?.epochs, 3);
+
+        let (a, b) = (
+            straight.join(fit::CHECKPOINT_FILE),
+            interrupted.join(fit::CHECKPOINT_FILE),
+        );
+        assert_same_state(&a, &b)?;
+        let (ma, mb) = (
+            metric_values(&straight.join(fit::METRICS_FILE))?,
+            metric_values(&interrupted.join(fit::METRICS_FILE))?,
+        );
+        assert_eq!(ma, mb);
+        assert_eq!(ma.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(straight.join(fit::CURVES_FILE).is_file() && straight.join(fit::CONFUSION_FILE).is_file());
+    }
+    Ok(())
+}
+
+#[test]
+fn nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() -> TestResult {
+    single_thread();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    write_data(&data, (4, 1))?;
+    let run = dir.path().join("run");
+    let mut s = settings(&data, &run);
+    s.stop_after = Some(1);
+    let opts = options();
+    fit::fit(&s, &opts)?;
+
+    // Poison the weights the resumed run starts from, as a diverging run would.
+    let ckpt = run.join(fit::CHECKPOINT_FILE);
+    let (vs, _model, info) = checkpoint::load_for_inference(&ckpt, Device::Cpu)?;
+    let loaded = checkpoint::read(&ckpt)?;
+    let state: TrainingState = loaded.training.ok_or("no state")?;
+    let fc = vs.variables().get("fc.weight").ok_or("no fc.weight")?.shallow_clone();
+    tch::no_grad(|| {
+        let _ = fc.shallow_clone().fill_(f64::NAN);
+    });
+    checkpoint::save_training(&ckpt, &vs, &info, &state)?;
+    let before = fs::read(&ckpt)?;
+
+    s.stop_after = None;
+    s.resume = true;
+    let err = fit::fit(&s, &opts).err().ok_or("a NaN run finished")?;
+    assert!(matches!(err, FitError::NonFinite { epoch: 2, step: 1, .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("NaN") && msg.contains(fit::CHECKPOINT_FILE), "{msg}");
+    assert_eq!(fs::read(&ckpt)?, before, "the last checkpoint was touched");
+    assert_eq!(fit::read_metrics(&run.join(fit::METRICS_FILE), u32::MAX)?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn runs_are_not_clobbered_and_resume_keeps_its_options() -> TestResult {
+    single_thread();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    write_data(&data, (3, 1))?;
+    let run = dir.path().join("run");
+    let mut s = settings(&data, &run);
+    s.resume = true;
+    let msg = fit::fit(&s, &options()).err().ok_or("resumed nothing")?.to_string();
+    assert!(msg.contains("nothing to resume"), "{msg}");
+
+    s.resume = false;
+    s.stop_after = Some(1);
+    fit::fit(&s, &options())?;
+    let msg = fit::fit(&s, &options()).err().ok_or("clobbered")?.to_string();
+    assert!(msg.contains("--resume"), "{msg}");
+
+    s.resume = true;
+    let changed = FitOptions { lr: 0.5, ..options() };
+    let msg = fit::fit(&s, &changed)
+        .err()
+        .ok_or("resumed with another lr")?
+        .to_string();
+    assert!(msg.contains("lr: run has 0.05, given 0.5"), "{msg}");
+    assert_eq!(fit::stored_options(&run.join(fit::CHECKPOINT_FILE))?, options());
+
+    let bad = FitOptions {
+        batch_size: 1,
+        ..options()
+    };
+    let msg = fit::fit(&settings(&data, &dir.path().join("b1")), &bad)
+        .err()
+        .ok_or("batch 1")?
+        .to_string();
+    assert!(msg.contains("--batch-size"), "{msg}");
+    Ok(())
+}
+
+fn train_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_train"))
+}
+
+fn run_ok(cmd: &mut Command) -> Result<String, Error> {
+    let out = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(stdout)
+}
+
+#[test]
+fn cli_fit_eval_summary_bench_and_kill_then_resume() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    write_data(&data, (6, 2))?;
+    let run = dir.path().join("run");
+    let p = |p: &PathBuf| p.display().to_string();
+    let common = [
+        "--width",
+        "4",
+        "--batch-size",
+        "8",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ];
+
+    run_ok(
+        train_bin()
+            .args(["fit", "--data", &p(&data), "--out", &p(&run), "--epochs", "2"])
+            .args(common),
+    )?;
+    for file in [
+        fit::CHECKPOINT_FILE,
+        fit::METRICS_FILE,
+        fit::CURVES_FILE,
+        fit::CONFUSION_FILE,
+        fit::ONNX_FILE,
+        "model.onnx.sha256",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let metrics = fit::read_metrics(&run.join(fit::METRICS_FILE), u32::MAX)?;
+    assert_eq!(metrics.len(), 2);
+
+    let ckpt = run.join(fit::CHECKPOINT_FILE);
+    let out = run_ok(train_bin().args([
+        "eval",
+        "--checkpoint",
+        &p(&ckpt),
+        "--data",
+        &p(&data),
+        "--json",
+        "--threads",
+        "1",
+    ]))?;
+    let eval: serde_json::Value = serde_json::from_str(&out)?;
+    let acc = eval["accuracy"].as_f64().ok_or("no accuracy")?;
+    assert!(
+        (acc - metrics[1].test_accuracy).abs() < 1e-9,
+        "{acc} vs {}",
+        metrics[1].test_accuracy
+    );
+    assert_eq!(eval["class_names"], serde_json::json!(["blue", "green", "red"]));
+    assert_eq!(eval["confusion"].as_array().map(Vec::len), Some(3));
+
+    let out = run_ok(train_bin().args(["summary", "--width", "64"]))?;
+    assert!(out.contains("total trainable parameters: 11,173,962"), "{out}");
+    assert!(out.contains("(2, 3, 32, 32) -> (2, 10)"), "{out}");
+
+    let out = run_ok(train_bin().args([
+        "bench",
+        "--width",
+        "4",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    ]))?;
+    let bench: serde_json::Value = serde_json::from_str(&out)?;
+    assert!(bench["images_per_second"].as_f64().is_some_and(|v| v > 0.0), "{out}");
+
+    // A run killed (SIGKILL) at an arbitrary moment leaves a loadable checkpoint to resume from.
+    let killed = dir.path().join("killed");
+    let mut child = train_bin()
+        .args([
+            "fit",
+            "--data",
+            &p(&data),
+            "--out",
+            &p(&killed),
+            "--epochs",
+            "6",
+            "--no-export",
+        ])
+        .args(common)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let ckpt = killed.join(fit::CHECKPOINT_FILE);
+    let start = Instant::now();
+    while !ckpt.exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(37));
+    child.kill()?;
+    child.wait()?;
+    let done = checkpoint::read(&ckpt)?.info.epochs;
+    assert!(done >= 1);
+    let leftovers: Vec<_> = fs::read_dir(&killed)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    // A kill in mid-write may leave a temporary file, but never a torn checkpoint.
+    assert!(leftovers.len() <= 1);
+    run_ok(train_bin().args([
+        "fit",
+        "--data",
+        &p(&data),
+        "--out",
+        &p(&killed),
+        "--resume",
+        "--no-export",
+        "--threads",
+        "1",
+    ]))?;
+    assert_eq!(checkpoint::read(&ckpt)?.info.epochs, 6);
+    let epochs: Vec<u32> = fit::read_metrics(&killed.join(fit::METRICS_FILE), u32::MAX)?
+        .iter()
+        .map(|m| m.epoch)
+        .collect();
+    assert_eq!(epochs, [1, 2, 3, 4, 5, 6]);
+    Ok(())
+}
