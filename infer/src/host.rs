@@ -34,13 +34,15 @@ pub async fn load_classifier(
     overrides: &Overrides,
     threads: usize,
 ) -> Result<Arc<Classifier>, StartError> {
-    let bytes = source.fetch().await?;
+    let (bytes, sha256) = source.fetch().await?;
     let name = source.name();
     let label = source.to_string();
     let overrides = overrides.clone();
-    let classifier = tokio::task::spawn_blocking(move || Classifier::load(&bytes, &name, &label, &overrides, threads))
-        .await
-        .map_err(|e| StartError::Task(e.to_string()))??;
+    let classifier = tokio::task::spawn_blocking(move || {
+        Classifier::load_with_digest(&bytes, sha256, &name, &label, &overrides, threads)
+    })
+    .await
+    .map_err(|e| StartError::Task(e.to_string()))??;
     Ok(Arc::new(classifier))
 }
 

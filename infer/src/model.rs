@@ -96,6 +96,18 @@ impl Classifier {
         overrides: &Overrides,
         threads: usize,
     ) -> Result<Self, ModelError> {
+        Self::load_with_digest(bytes, None, name, source, overrides, threads)
+    }
+
+    /// [`Classifier::load`] with the file's sha256 when the caller already computed it.
+    pub fn load_with_digest(
+        bytes: &[u8],
+        sha256: Option<String>,
+        name: &str,
+        source: &str,
+        overrides: &Overrides,
+        threads: usize,
+    ) -> Result<Self, ModelError> {
         let env = runtime::environment()?;
         let load_err = |e: ort::Error| ModelError::Load {
             model: source.to_owned(),
@@ -228,7 +240,7 @@ impl Classifier {
             return Err(incompatible(format!("bad normalisation mean {mean:?} / std {std:?}")));
         }
 
-        let sha256 = crate::source::sha256_hex(bytes);
+        let sha256 = sha256.unwrap_or_else(|| crate::source::sha256_hex(bytes));
         let info = ModelInfo {
             name: name.to_owned(),
             version: sha256[..12].to_owned(),

@@ -7,7 +7,7 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 use crate::source::{SourceError, verify};
 
 /// Downloads `s3://bucket/key` and checks it against `s3://bucket/key.sha256` when that exists.
-pub async fn fetch(bucket: &str, key: &str) -> Result<Vec<u8>, SourceError> {
+pub async fn fetch(bucket: &str, key: &str) -> Result<(Vec<u8>, Option<String>), SourceError> {
     let uri = format!("s3://{bucket}/{key}");
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     // A custom endpoint (MinIO, moto, LocalStack) is addressed by path: `bucket.127.0.0.1` does not resolve.
@@ -24,13 +24,14 @@ pub async fn fetch(bucket: &str, key: &str) -> Result<Vec<u8>, SourceError> {
         reason,
     })?;
     let sidecar_key = format!("{key}.sha256");
-    match get(&client, bucket, &sidecar_key).await {
+    let digest = match get(&client, bucket, &sidecar_key).await {
         Ok(text) => {
             let text = String::from_utf8_lossy(&text);
-            verify(&bytes, &text, &uri, &format!("s3://{bucket}/{sidecar_key}"))?;
+            Some(verify(&bytes, &text, &uri, &format!("s3://{bucket}/{sidecar_key}"))?)
         }
         Err(reason) if reason.starts_with(NO_SUCH_KEY) => {
             tracing::warn!(model = %uri, "no sha256 sidecar; integrity not verified");
+            None
         }
         Err(reason) => {
             return Err(SourceError::S3 {
@@ -38,8 +39,8 @@ pub async fn fetch(bucket: &str, key: &str) -> Result<Vec<u8>, SourceError> {
                 reason,
             });
         }
-    }
-    Ok(bytes)
+    };
+    Ok((bytes, digest))
 }
 
 const NO_SUCH_KEY: &str = "no such key";

@@ -93,27 +93,29 @@ impl ModelSource {
     }
 
     /// The model's bytes, checked against the sha256 sidecar when there is one.
-    pub async fn fetch(&self) -> Result<Vec<u8>, SourceError> {
+    pub async fn fetch(&self) -> Result<(Vec<u8>, Option<String>), SourceError> {
         match self {
             Self::File(path) => {
                 let bytes = read(path)?;
                 let sidecar = sidecar_path(path);
-                match std::fs::read_to_string(&sidecar) {
-                    Ok(text) => verify(
+                // The digest comes back so that a 45 MB model is hashed once.
+                let digest = match std::fs::read_to_string(&sidecar) {
+                    Ok(text) => Some(verify(
                         &bytes,
                         &text,
                         &path.display().to_string(),
                         &sidecar.display().to_string(),
-                    )?,
+                    )?),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        tracing::warn!(model = %path.display(), "no sha256 sidecar; integrity not verified")
+                        tracing::warn!(model = %path.display(), "no sha256 sidecar; integrity not verified");
+                        None
                     }
                     Err(source) => return Err(SourceError::Read { path: sidecar, source }),
-                }
-                Ok(bytes)
+                };
+                Ok((bytes, digest))
             }
             Self::S3 { bucket, key } => crate::s3::fetch(bucket, key).await,
-            Self::Bundled => bundled().map(|b| b.to_vec()),
+            Self::Bundled => bundled().map(|b| (b.to_vec(), None)),
         }
     }
 }
@@ -137,8 +139,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Checks `bytes` against `sha256sum`-format text (`<hex>  <name>`; only the digest is compared).
-pub fn verify(bytes: &[u8], checksum_text: &str, model: &str, checksum: &str) -> Result<(), SourceError> {
+/// Checks `bytes` against `sha256sum`-format text (`<hex>  <name>`; only the digest is compared)
+/// and returns the digest.
+pub fn verify(bytes: &[u8], checksum_text: &str, model: &str, checksum: &str) -> Result<String, SourceError> {
     let expected = checksum_text
         .split_whitespace()
         .next()
@@ -149,7 +152,7 @@ pub fn verify(bytes: &[u8], checksum_text: &str, model: &str, checksum: &str) ->
         .to_ascii_lowercase();
     let actual = sha256_hex(bytes);
     if actual == expected {
-        Ok(())
+        Ok(actual)
     } else {
         Err(SourceError::ChecksumMismatch {
             model: model.to_owned(),
@@ -171,7 +174,7 @@ pub fn bundled() -> Result<&'static [u8], SourceError> {
     #[cfg(bundled_model)]
     {
         #[cfg(bundled_model_sha256)]
-        verify(
+        let _digest = verify(
             BUNDLED,
             include_str!(env!("INFER_BUNDLED_MODEL_SHA256")),
             &format!("bundled {BUNDLED_NAME}"),
