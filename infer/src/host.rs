@@ -89,5 +89,38 @@ pub async fn shutdown_signal() {
 
 /// Runs the router as a Lambda function until the runtime stops the process.
 pub async fn run_lambda(app: Router) -> Result<(), lambda_http::Error> {
-    lambda_http::run(app).await
+    lambda_http::run(tower::ServiceExt::map_request(app, strip_stage)).await
+}
+
+/// `lambda_http` puts an API Gateway stage into the path (`/prod/v1/predict` for a REST API's
+/// `prod` stage); the routes have none, so the stage prefix is taken off again.
+pub fn strip_stage<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    use lambda_http::request::RequestContext;
+    let stage = match req.extensions().get::<RequestContext>() {
+        Some(RequestContext::ApiGatewayV1(ctx)) => ctx.stage.clone(),
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.clone(),
+        _ => None,
+    };
+    let Some(stage) = stage.filter(|s| !s.is_empty() && s != "$default") else {
+        return req;
+    };
+    let prefix = format!("/{stage}");
+    let path = req.uri().path();
+    let rest = match path.strip_prefix(&prefix) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+        _ => return req,
+    };
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
 }
