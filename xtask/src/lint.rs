@@ -108,7 +108,10 @@ fn version(env: &Env, tool: &str) -> String {
         .ok()
         .and_then(|o| {
             let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-            text.lines().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_owned())
+            // The first line that carries a number (shellcheck puts a banner first).
+            text.lines()
+                .find(|l| l.chars().any(|c| c.is_ascii_digit()))
+                .map(|l| l.trim().to_owned())
         })
         .unwrap_or_else(|| "not found".to_owned())
 }
