@@ -163,5 +163,15 @@ pub fn serve(args: &[String]) -> Result<()> {
     let mut cmd = env.command("cargo");
     cmd.args(["run", "--release", "--locked", "--package", "infer", "--", "serve"])
         .args(args);
+    // A real photo to try, where the shared data sits beside the checkout; any image will do.
+    let photo = paths::repo_root().join("../shared/data/images/road-solidWhiteRight.jpg");
+    let photo = match photo.canonicalize() {
+        Ok(path) => path.display().to_string(),
+        Err(_) => "photo.jpg".to_owned(),
+    };
+    eprintln!(
+        "xtask: once it says `listening`, classify a photo with:\n  \
+         curl --data-binary @{photo} -H 'content-type: image/jpeg' 'http://127.0.0.1:8080/v1/predict?top_k=3'"
+    );
     run_step("infer serve", &mut cmd)
 }
