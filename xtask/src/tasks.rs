@@ -140,6 +140,13 @@ pub fn test() -> Result<()> {
             "warnings",
         ]),
     )?;
+    // `cargo lambda watch` (in the Lambda tests) builds the function on its own, with `infer`'s
+    // features alone rather than the workspace's union: build that once here, in the open, so
+    // no test spends its deadline compiling.
+    run_step(
+        "function build for cargo lambda watch",
+        env.command("cargo").args(["build", "--package", "infer", "--locked"]),
+    )?;
     run_step("tests", env.command("cargo").args(["test", "--workspace", "--locked"]))?;
     lint::run(&env)?;
     // No --model: `infer` embeds models/ at build time, and S3 mode needs none in the zip.
