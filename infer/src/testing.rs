@@ -2,6 +2,8 @@
 //! feature): `input [N,3,H,W] -> GlobalAveragePool -> Flatten -> Gemm -> logits [N,C]`, so the
 //! class follows from the image's mean colour and the expected answer is known in advance.
 
+pub mod lambda;
+
 use onnx::ModelMetadata;
 use onnx::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,

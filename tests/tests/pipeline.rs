@@ -7,14 +7,14 @@
 use std::fs;
 use std::io::Write;
 use std::net::TcpListener as StdListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use image::{ImageFormat, Rgb, RgbImage};
+use infer::testing::lambda::{LambdaWatch, api_gateway_v2_event};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
@@ -224,85 +224,11 @@ fn train_export_serve_and_lambda_agree() -> Result<()> {
     Ok(())
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// `cargo lambda watch` serving `model`, and one `cargo lambda invoke` with an API Gateway v2
 /// event carrying `png` base64-encoded, as API Gateway delivers binary bodies.
 fn lambda_reply(model: &Path, png: &[u8]) -> Result<Value> {
-    struct Watch(Child);
-    impl Drop for Watch {
-        fn drop(&mut self) {
-            // watch runs the function as a child: end its whole process group.
-            let _ = Command::new("kill")
-                .args(["-TERM", &format!("-{}", self.0.id())])
-                .status();
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut paths = vec![repo_root().join(".native/tools/bin")];
-    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
-    let path = std::env::join_paths(paths)?;
-    let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
-    let mut watch = Command::new("cargo");
-    watch
-        .env("PATH", &path)
-        .current_dir(repo_root().join("infer"))
-        .args(["lambda", "watch", "--invoke-port", &port, "--ignore-changes"])
-        .args(["--env-var", &format!("MODEL_URI={}", model.display())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    std::os::unix::process::CommandExt::process_group(&mut watch, 0);
-    let _watch = Watch(
-        watch
-            .spawn()
-            .context("starting cargo lambda watch (run `cargo xtask setup`)")?,
-    );
-
-    let event = json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": "/v1/predict",
-        "rawQueryString": "top_k=2",
-        "headers": {"content-type": "image/png", "host": "e2e.execute-api.eu-west-1.amazonaws.com"},
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "e2e", "domainName": "e2e.execute-api.eu-west-1.amazonaws.com",
-            "domainPrefix": "e2e", "requestId": "e2e-1", "routeKey": "$default", "stage": "$default",
-            "time": "25/Nov/2026:18:00:00 +0000", "timeEpoch": 1_795_000_000_000_i64,
-            "http": {"method": "POST", "path": "/v1/predict", "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "e2e"}
-        },
-        "body": base64::engine::general_purpose::STANDARD.encode(png),
-        "isBase64Encoded": true
-    });
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let out = Command::new("cargo")
-            .env("PATH", &path)
-            .current_dir(repo_root().join("infer"))
-            .args([
-                "lambda",
-                "invoke",
-                "infer",
-                "--invoke-port",
-                &port,
-                "--output-format",
-                "json",
-            ])
-            .args(["--data-ascii", &event.to_string()])
-            .output()?;
-        if out.status.success() {
-            return serde_json::from_slice(&out.stdout)
-                .with_context(|| format!("invoke printed {}", String::from_utf8_lossy(&out.stdout)));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "cargo lambda invoke kept failing: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        // The emulator is still starting or building the function.
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let watch = LambdaWatch::start(model)?;
+    let event = api_gateway_v2_event("/v1/predict", "top_k=2", "image/png", png);
+    // The first call also waits for the emulator to start.
+    Ok(watch.invoke(&event, Duration::from_secs(600))?)
 }
