@@ -5,6 +5,7 @@
 //! - `infer serve`: the same router as a plain HTTP server, graceful shutdown on SIGTERM/SIGINT.
 //! - `infer predict IMAGE...`: offline prediction.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -164,10 +165,10 @@ impl ModelArgs {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    // CloudWatch shows ANSI escapes literally.
+    // CloudWatch, files and CI logs show ANSI escapes literally: colour only on a terminal.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(!infer::host::on_lambda())
+        .with_ansi(!infer::host::on_lambda() && std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

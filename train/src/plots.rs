@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{FontStyle, register_font};
 
 use crate::fit::EpochMetrics;
@@ -123,30 +124,36 @@ pub fn confusion_matrix(path: &Path, confusion: &[Vec<i64>], class_names: &[Stri
         .margin(10)
         .x_label_area_size(label_w)
         .y_label_area_size(label_w)
-        .build_cartesian_2d(0..n as i32, 0..n as i32)
+        .build_cartesian_2d(0.0..n as f64, 0.0..n as f64)
         .map_err(err(path))?;
-    let name = |i: &i32| -> String {
-        let i = (*i).clamp(0, n as i32 - 1);
-        let s = class_names.get(i as usize).map_or("?", String::as_str);
-        s.chars().take(24).collect()
+    // Class names are drawn by hand at the cell centres: plotters' mesh puts labels on "nice"
+    // values, which fell on the cell boundaries (n + 1 labels for n rows).
+    let name = |i: usize| -> String {
+        class_names
+            .get(i)
+            .map_or("?", String::as_str)
+            .chars()
+            .take(24)
+            .collect()
     };
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_labels(n)
-        .y_labels(n)
-        .x_label_formatter(&|i| name(i))
+    let column_style = (FAMILY, 13)
+        .into_font()
+        .transform(FontTransform::Rotate90)
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    let row_style = (FAMILY, 13)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Right, VPos::Center));
+    for i in 0..n {
+        let (x, bottom) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+        root.draw(&Text::new(name(i), (x, bottom + 6), column_style.clone()))
+            .map_err(err(path))?;
         // Row 0 at the top: plotters' y axis grows upwards.
-        .y_label_formatter(&|i| name(&(n as i32 - 1 - *i)))
-        .x_label_style(
-            (FAMILY, 13)
-                .into_font()
-                .transform(FontTransform::Rotate90)
-                .color(&BLACK),
-        )
-        .y_label_style((FAMILY, 13))
-        .draw()
-        .map_err(err(path))?;
+        let (left, y) = chart.backend_coord(&(0.0, (n - 1 - i) as f64 + 0.5));
+        root.draw(&Text::new(name(i), (left - 6, y), row_style.clone()))
+            .map_err(err(path))?;
+    }
     let max_row = confusion
         .iter()
         .map(|r| r.iter().sum::<i64>())
@@ -154,24 +161,27 @@ pub fn confusion_matrix(path: &Path, confusion: &[Vec<i64>], class_names: &[Stri
         .unwrap_or(1)
         .max(1) as f64;
     for (t, row) in confusion.iter().enumerate() {
-        let y = (n - 1 - t) as i32;
+        let y = (n - 1 - t) as f64;
         for (p, &count) in row.iter().enumerate() {
-            let x = p as i32;
+            let x = p as f64;
             let share = count as f64 / max_row;
             // White to dark blue by share of the largest class.
             let shade = |c: f64| (255.0 - share * (255.0 - c)) as u8;
             let colour = RGBColor(shade(20.0), shade(60.0), shade(160.0));
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(x, y), (x + 1, y + 1)],
+                    [(x, y), (x + 1.0, y + 1.0)],
                     colour.filled(),
                 )))
                 .map_err(err(path))?;
             if cell >= 24 {
                 let text_colour = if share > 0.5 { WHITE } else { BLACK };
-                let style = (FAMILY, 13).into_font().color(&text_colour);
+                let style = (FAMILY, 13)
+                    .into_font()
+                    .color(&text_colour)
+                    .pos(Pos::new(HPos::Center, VPos::Center));
                 chart
-                    .draw_series(std::iter::once(Text::new(count.to_string(), (x, y + 1), style)))
+                    .draw_series(std::iter::once(Text::new(count.to_string(), (x + 0.5, y + 0.5), style)))
                     .map_err(err(path))?;
             }
         }
