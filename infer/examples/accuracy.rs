@@ -46,13 +46,17 @@ fn main() -> Result<()> {
     let limits = DecodeLimits::default();
     // predictions[model][image]
     let mut predictions = vec![Vec::with_capacity(images.len()); classifiers.len()];
+    let norms: Vec<Normalisation> = classifiers.iter().map(|c| Normalisation::from_info(c.info())).collect();
     for chunk in images.chunks(BATCH) {
-        for (c, predicted) in classifiers.iter().zip(&mut predictions) {
-            let norm = Normalisation::from_info(c.info());
+        // Read each file once; every model preprocesses it with its own size and normalisation.
+        let files = chunk
+            .iter()
+            .map(|(path, _)| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
+            .collect::<Result<Vec<_>>>()?;
+        for ((c, norm), predicted) in classifiers.iter().zip(&norms).zip(&mut predictions) {
             let mut input = Vec::with_capacity(chunk.len() * c.info().image_len());
-            for (path, _) in chunk {
-                let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                preprocess_into(&bytes, &limits, &norm, &mut input).with_context(|| format!("{}", path.display()))?;
+            for ((path, _), bytes) in chunk.iter().zip(&files) {
+                preprocess_into(bytes, &limits, norm, &mut input).with_context(|| format!("{}", path.display()))?;
             }
             for logits in c.run(input, chunk.len())? {
                 predicted.push(argmax(&logits));
