@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::api::{AppState, Limits, router};
 use crate::batch::{BatchConfig, Engine};
 use crate::metrics::Metrics;
-use crate::model::{Classifier, ModelError, Overrides};
+use crate::model::{Classifier, LoadOptions, ModelError, Overrides};
 use crate::source::{ModelSource, SourceError};
 
 /// Whether this process runs inside Lambda (or `cargo lambda watch`).
@@ -32,17 +32,58 @@ pub enum StartError {
 pub async fn load_classifier(
     source: &ModelSource,
     overrides: &Overrides,
-    threads: usize,
+    options: &LoadOptions,
 ) -> Result<Arc<Classifier>, StartError> {
-    let (bytes, sha256) = source.fetch().await?;
+    // Opening the runtime library (~30 ms) overlaps reading and hashing the model; an error
+    // here comes back again, with its message, from the load below.
+    let runtime = tokio::task::spawn_blocking(|| crate::runtime::environment().map(|_| ()));
+    let mut result = load_once(source, overrides, options).await;
+    if let Err(StartError::Model(ModelError::BadCacheEntry { entry, reason })) = &result {
+        tracing::warn!(%entry, "cached optimised graph does not load ({reason}); rebuilding it");
+        result = load_once(source, overrides, options).await;
+    }
+    let _ = runtime.await;
+    result
+}
+
+async fn load_once(
+    source: &ModelSource,
+    overrides: &Overrides,
+    options: &LoadOptions,
+) -> Result<Arc<Classifier>, StartError> {
     let name = source.name();
     let label = source.to_string();
     let overrides = overrides.clone();
+    let options = options.clone();
+    let blocking_err = |e: tokio::task::JoinError| StartError::Task(e.to_string());
+    // A file can be hashed without reading it into memory; when its optimised graph is cached,
+    // that is all start-up does with it.
+    if let (ModelSource::File(path), Some(cache)) = (source, &options.cache) {
+        let path = path.clone();
+        let sha256 = tokio::task::spawn_blocking(move || -> Result<String, StartError> {
+            let sha256 = crate::source::file_digest(&path)?;
+            // The key names the runtime's build: wait for the library that is opening meanwhile.
+            crate::runtime::environment().map_err(ModelError::from)?;
+            Ok(sha256)
+        })
+        .await
+        .map_err(blocking_err)??;
+        let entry = cache.entry(&sha256, ort::info());
+        if entry.is_file() {
+            let classifier = tokio::task::spawn_blocking(move || {
+                Classifier::load_cached(&entry, sha256, &name, &label, &overrides, &options)
+            })
+            .await
+            .map_err(blocking_err)??;
+            return Ok(Arc::new(classifier));
+        }
+    }
+    let (bytes, sha256) = source.fetch().await?;
     let classifier = tokio::task::spawn_blocking(move || {
-        Classifier::load_with_digest(&bytes, sha256, &name, &label, &overrides, threads)
+        Classifier::load_with_options(bytes, sha256, &name, &label, &overrides, &options)
     })
     .await
-    .map_err(|e| StartError::Task(e.to_string()))??;
+    .map_err(blocking_err)??;
     Ok(Arc::new(classifier))
 }
 

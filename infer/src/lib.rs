@@ -8,6 +8,7 @@
 //! - [`runtime`]: finding `libonnxruntime.so`.
 //! - [`source`], [`s3`]: fetching model bytes, sha256 sidecar check.
 //! - [`model`]: the shared ONNX Runtime session and its contract.
+//! - [`graph_cache`]: ONNX Runtime's optimised graph kept on disk between starts.
 //! - [`preprocess`]: bytes to normalised NCHW floats.
 //! - [`batch`]: running inference off the async threads, with optional micro-batching.
 //! - [`api`]: the HTTP router, errors, metrics and OpenAPI document.
@@ -15,6 +16,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod graph_cache;
 pub mod host;
 pub mod metrics;
 pub mod model;

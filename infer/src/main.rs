@@ -15,7 +15,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use infer::api::Limits;
 use infer::batch::BatchConfig;
-use infer::model::{Overrides, default_threads, top_k};
+use infer::graph_cache::GraphCache;
+use infer::model::{LoadOptions, Overrides, default_threads, top_k};
 use infer::preprocess::{DecodeLimits, Normalisation, preprocess_into};
 use infer::source::ModelSource;
 
@@ -58,6 +59,13 @@ struct ModelArgs {
     /// ONNX Runtime intra-op threads (default: the CPUs available).
     #[arg(long, env = "INFER_THREADS")]
     threads: Option<usize>,
+    /// Where ONNX Runtime's optimised graph is kept between starts, so that later starts skip
+    /// graph optimisation [default: $XDG_CACHE_HOME/infer or ~/.cache/infer; none on Lambda].
+    #[arg(long, env = "INFER_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Optimise the graph in memory at every start; read and write no cache.
+    #[arg(long, env = "INFER_NO_CACHE", conflicts_with = "cache_dir")]
+    no_cache: bool,
 }
 
 #[derive(Debug, Args)]
@@ -143,18 +151,32 @@ impl ModelArgs {
         }
     }
 
+    fn load_options(&self) -> LoadOptions {
+        // A Lambda sandbox starts with an empty /tmp: writing the graph would only slow the cold
+        // start. There the cache is used only when INFER_CACHE_DIR asks for it.
+        let dir = match (&self.cache_dir, self.no_cache) {
+            (_, true) => None,
+            (Some(dir), false) => Some(dir.clone()),
+            (None, false) if infer::host::on_lambda() => None,
+            (None, false) => GraphCache::default_dir(),
+        };
+        LoadOptions {
+            threads: self.threads.unwrap_or_else(default_threads),
+            cache: dir.map(GraphCache::new),
+        }
+    }
+
     async fn load(&self) -> Result<Arc<infer::model::Classifier>> {
         let source = self.source()?;
         let start = Instant::now();
-        let classifier =
-            infer::host::load_classifier(&source, &self.overrides(), self.threads.unwrap_or_else(default_threads))
-                .await?;
+        let classifier = infer::host::load_classifier(&source, &self.overrides(), &self.load_options()).await?;
         let info = classifier.info();
         tracing::info!(
             model = %info.source,
             version = %info.version,
             classes = info.num_classes(),
             input = %format!("{}x{}", info.input_height, info.input_width),
+            graph_cache = ?classifier.cache_outcome(),
             ms = start.elapsed().as_secs_f64() * 1e3,
             "model loaded and warmed up"
         );

@@ -6,10 +6,11 @@ use std::sync::Mutex;
 
 use onnx::{MetadataError, ModelMetadata};
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{Tensor, ValueType};
 use serde::Serialize;
 
+use crate::graph_cache::{CacheOutcome, GraphCache};
 use crate::runtime;
 
 /// What flags say about a model; each one given overrides the model's own metadata.
@@ -71,6 +72,10 @@ pub enum ModelError {
     },
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The cached optimised graph did not load; it has been removed, and loading again from the
+    /// model rebuilds it ([`crate::host::load_classifier`] does).
+    #[error("cached optimised graph {entry} does not load (removed): {reason}")]
+    BadCacheEntry { entry: String, reason: String },
 }
 
 /// A loaded classifier. `Session::run` takes `&mut`, so the session sits behind a mutex; callers
@@ -79,6 +84,23 @@ pub enum ModelError {
 pub struct Classifier {
     session: Mutex<Session>,
     info: ModelInfo,
+    cache: CacheOutcome,
+}
+
+/// How start-up builds the session.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// ONNX Runtime intra-op threads.
+    pub threads: usize,
+    /// Where optimised graphs are kept between starts; `None` optimises in memory every time.
+    pub cache: Option<GraphCache>,
+}
+
+impl LoadOptions {
+    /// `threads` intra-op threads, no graph cache.
+    pub fn uncached(threads: usize) -> Self {
+        Self { threads, cache: None }
+    }
 }
 
 /// Intra-op threads: all the CPUs this process may use.
@@ -99,8 +121,38 @@ impl Classifier {
         Self::load_with_digest(bytes, None, name, source, overrides, threads)
     }
 
-    /// [`Classifier::load`] with the file's sha256 when the caller already computed it.
-    pub fn load_with_digest(
+    /// [`Classifier::load`] as start-up does it: with the sha256 when the caller already computed
+    /// it, and the optimised-graph cache of `options`. Takes the bytes so that a cache hit can
+    /// free them before the session is built (peak memory).
+    pub fn load_with_options(
+        bytes: Vec<u8>,
+        sha256: Option<String>,
+        name: &str,
+        source: &str,
+        overrides: &Overrides,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let sha256 = sha256.unwrap_or_else(|| crate::source::sha256_hex(&bytes));
+        let (session, cache) = build_session(bytes, &sha256, source, options)?;
+        Self::from_session(session, cache, sha256, name, source, overrides)
+    }
+
+    /// Loads the cached optimised graph `entry` of the model whose sha256 is `sha256` (found by
+    /// [`GraphCache::entry`]). An entry that does not load is removed and reported as
+    /// [`ModelError::BadCacheEntry`], so that the caller can load the model itself instead.
+    pub fn load_cached(
+        entry: &std::path::Path,
+        sha256: String,
+        name: &str,
+        source: &str,
+        overrides: &Overrides,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let session = load_entry(entry, source, options)?;
+        Self::from_session(session, CacheOutcome::Hit, sha256, name, source, overrides)
+    }
+
+    fn load_with_digest(
         bytes: &[u8],
         sha256: Option<String>,
         name: &str,
@@ -108,25 +160,22 @@ impl Classifier {
         overrides: &Overrides,
         threads: usize,
     ) -> Result<Self, ModelError> {
-        let env = runtime::environment()?;
-        let load_err = |e: ort::Error| ModelError::Load {
-            model: source.to_owned(),
-            reason: e.to_string(),
-        };
-        let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| ModelError::Load {
-            model: source.to_owned(),
-            reason: e.to_string(),
-        };
-        let session = Session::builder(env)
-            .map_err(load_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(builder_err)?
-            .with_intra_threads(threads.max(1))
-            .map_err(builder_err)?
-            .with_inter_threads(1)
-            .map_err(builder_err)?
+        let sha256 = sha256.unwrap_or_else(|| crate::source::sha256_hex(bytes));
+        let session = session_builder(source, threads, GraphOptimizationLevel::Level3)?
             .commit_from_memory(bytes)
-            .map_err(load_err)?;
+            .map_err(|e| load_error(source, e))?;
+        Self::from_session(session, CacheOutcome::Off, sha256, name, source, overrides)
+    }
+
+    fn from_session(
+        session: Session,
+        cache: CacheOutcome,
+        sha256: String,
+        name: &str,
+        source: &str,
+        overrides: &Overrides,
+    ) -> Result<Self, ModelError> {
+        let load_err = |e: ort::Error| load_error(source, e);
         let incompatible = |reason: String| ModelError::Incompatible {
             model: source.to_owned(),
             reason,
@@ -240,7 +289,6 @@ impl Classifier {
             return Err(incompatible(format!("bad normalisation mean {mean:?} / std {std:?}")));
         }
 
-        let sha256 = sha256.unwrap_or_else(|| crate::source::sha256_hex(bytes));
         let info = ModelInfo {
             name: name.to_owned(),
             version: sha256[..12].to_owned(),
@@ -259,6 +307,7 @@ impl Classifier {
         let classifier = Self {
             session: Mutex::new(session),
             info,
+            cache,
         };
         // Warm-up: the first run allocates and plans; it also proves the graph produces [1, C].
         let zeros = vec![0.0; classifier.info.image_len() * classifier.info.fixed_batch.unwrap_or(1)];
@@ -270,6 +319,11 @@ impl Classifier {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// Whether start-up optimised the graph or loaded it from the cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
     }
 
     /// Runs `n` images (NCHW, `n * 3 * H * W` floats) and returns each image's logits. Blocks:
@@ -313,6 +367,85 @@ impl Classifier {
             )));
         }
         Ok(data.chunks_exact(classes).map(<[f32]>::to_vec).collect())
+    }
+}
+
+fn load_error(source: &str, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Load {
+        model: source.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+fn session_builder(source: &str, threads: usize, level: GraphOptimizationLevel) -> Result<SessionBuilder, ModelError> {
+    let env = runtime::environment()?;
+    let err = |e: ort::Error<SessionBuilder>| load_error(source, e);
+    Session::builder(env)
+        .map_err(|e| load_error(source, e))?
+        .with_optimization_level(level)
+        .map_err(err)?
+        .with_intra_threads(threads.max(1))
+        .map_err(err)?
+        .with_inter_threads(1)
+        .map_err(err)
+}
+
+fn load_entry(entry: &std::path::Path, source: &str, options: &LoadOptions) -> Result<Session, ModelError> {
+    session_builder(source, options.threads, GraphOptimizationLevel::Disable)?
+        .commit_from_file(entry)
+        .map_err(|e| {
+            let _ = std::fs::remove_file(entry);
+            ModelError::BadCacheEntry {
+                entry: entry.display().to_string(),
+                reason: e.to_string(),
+            }
+        })
+}
+
+/// The session for `bytes`, from the cached optimised graph when there is a good one.
+fn build_session(
+    bytes: Vec<u8>,
+    sha256: &str,
+    source: &str,
+    options: &LoadOptions,
+) -> Result<(Session, CacheOutcome), ModelError> {
+    let optimise = |mut builder: SessionBuilder, bytes: &[u8]| {
+        builder.commit_from_memory(bytes).map_err(|e| load_error(source, e))
+    };
+    let Some(cache) = &options.cache else {
+        let builder = session_builder(source, options.threads, GraphOptimizationLevel::Level3)?;
+        return Ok((optimise(builder, &bytes)?, CacheOutcome::Off));
+    };
+    // Touching the runtime first also makes its build string available for the key.
+    runtime::environment()?;
+    let entry = cache.entry(sha256, ort::info());
+    if entry.is_file() {
+        // Freed first: ONNX Runtime's parse of the entry is the peak of a cached start.
+        drop(bytes);
+        return Ok((load_entry(&entry, source, options)?, CacheOutcome::Hit));
+    }
+    let builder = session_builder(source, options.threads, GraphOptimizationLevel::Level3)?;
+    let tmp = match cache.temporary(&entry) {
+        Ok(tmp) => tmp,
+        Err(e) => {
+            tracing::warn!(dir = %cache.dir().display(), "graph cache not writable ({e}); optimising in memory (set --cache-dir / INFER_CACHE_DIR, or --no-cache)");
+            return Ok((optimise(builder, &bytes)?, CacheOutcome::Unwritable));
+        }
+    };
+    let builder = builder
+        .with_optimized_model_path(&tmp)
+        .map_err(|e| load_error(source, e))?;
+    let session = optimise(builder, &bytes);
+    let stored = session.is_ok() && std::fs::rename(&tmp, &entry).is_ok();
+    if !stored {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let session = session?;
+    if stored {
+        Ok((session, CacheOutcome::Stored))
+    } else {
+        tracing::warn!(entry = %entry.display(), "could not store the optimised graph");
+        Ok((session, CacheOutcome::Unwritable))
     }
 }
 

@@ -142,6 +142,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Checks `bytes` against `sha256sum`-format text (`<hex>  <name>`; only the digest is compared)
 /// and returns the digest.
 pub fn verify(bytes: &[u8], checksum_text: &str, model: &str, checksum: &str) -> Result<String, SourceError> {
+    check_digest(sha256_hex(bytes), checksum_text, model, checksum)
+}
+
+fn check_digest(actual: String, checksum_text: &str, model: &str, checksum: &str) -> Result<String, SourceError> {
     let expected = checksum_text
         .split_whitespace()
         .next()
@@ -150,7 +154,6 @@ pub fn verify(bytes: &[u8], checksum_text: &str, model: &str, checksum: &str) ->
             checksum: checksum.to_owned(),
         })?
         .to_ascii_lowercase();
-    let actual = sha256_hex(bytes);
     if actual == expected {
         Ok(actual)
     } else {
@@ -160,6 +163,42 @@ pub fn verify(bytes: &[u8], checksum_text: &str, model: &str, checksum: &str) ->
             expected,
             actual,
         })
+    }
+}
+
+/// The sha256 of the model file at `path`, checked against its sidecar when there is one,
+/// streamed so that a start from the graph cache never holds the model in memory.
+pub fn file_digest(path: &Path) -> Result<String, SourceError> {
+    use std::io::Read;
+    let read_err = |source| SourceError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_err(e)),
+        }
+    }
+    let actual = hex::encode(hasher.finalize());
+    let sidecar = sidecar_path(path);
+    match std::fs::read_to_string(&sidecar) {
+        Ok(text) => check_digest(
+            actual,
+            &text,
+            &path.display().to_string(),
+            &sidecar.display().to_string(),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(model = %path.display(), "no sha256 sidecar; integrity not verified");
+            Ok(actual)
+        }
+        Err(source) => Err(SourceError::Read { path: sidecar, source }),
     }
 }
 

@@ -263,3 +263,42 @@ fn predict_classifies_files_offline() -> Result<()> {
     assert!(text.contains("blue.png: blue ("), "{text}");
     Ok(())
 }
+
+#[test]
+fn a_second_start_loads_the_optimised_graph_from_the_cache_dir() -> Result<()> {
+    let (dir, model) = model_dir()?;
+    let image = dir.path().join("green.png");
+    std::fs::write(&image, solid([20, 230, 20], 8, 8, ImageFormat::Png))?;
+    let cache = dir.path().join("graph-cache");
+    let run = || {
+        Command::new(infer_bin())
+            .arg("predict")
+            .arg(&image)
+            .arg("--model")
+            .arg(&model)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .env("RUST_LOG", "info")
+            .output()
+    };
+    let (first, second) = (run()?, run()?);
+    for out in [&first, &second] {
+        ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(String::from_utf8_lossy(&first.stderr).contains("graph_cache=Stored"));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("graph_cache=Hit"));
+    assert_eq!(first.stdout, second.stdout);
+    assert!(String::from_utf8_lossy(&second.stdout).contains("green.png: green ("));
+
+    let off = Command::new(infer_bin())
+        .arg("predict")
+        .arg(&image)
+        .arg("--model")
+        .arg(&model)
+        .args(["--no-cache"])
+        .env("RUST_LOG", "info")
+        .output()?;
+    assert!(String::from_utf8_lossy(&off.stderr).contains("graph_cache=Off"));
+    assert_eq!(off.stdout, first.stdout);
+    Ok(())
+}

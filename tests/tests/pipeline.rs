@@ -121,7 +121,11 @@ fn serve(
         .enable_all()
         .build()?;
     let source = infer::source::ModelSource::File(model.to_owned());
-    let classifier = runtime.block_on(infer::host::load_classifier(&source, &Default::default(), 1))?;
+    let classifier = runtime.block_on(infer::host::load_classifier(
+        &source,
+        &Default::default(),
+        &infer::model::LoadOptions::uncached(1),
+    ))?;
     let app = infer::host::app(Arc::clone(&classifier), Default::default(), Default::default());
     let std_listener = StdListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;

@@ -1,0 +1,170 @@
+//! The optimised-graph cache over real ONNX Runtime sessions of the tiny colour classifier: the
+//! first start stores the graph, the next loads it, both answer exactly as an uncached session;
+//! a broken entry is rebuilt, an unwritable directory only costs speed, another model never
+//! gets this model's graph, and a model that fails its checksum is refused even when cached.
+
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+use infer::graph_cache::{CacheOutcome, GraphCache};
+use infer::host::{StartError, load_classifier};
+use infer::model::{Classifier, LoadOptions, Overrides};
+use infer::source::{ModelSource, SourceError};
+use infer::testing::{TinyModel, write_with_sidecar};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn cached(dir: &Path) -> LoadOptions {
+    LoadOptions {
+        threads: 1,
+        cache: Some(GraphCache::new(dir)),
+    }
+}
+
+fn load(model: &Path, options: &LoadOptions) -> Result<std::sync::Arc<Classifier>, StartError> {
+    let source = ModelSource::File(model.to_owned());
+    runtime()
+        .map_err(|e| StartError::Task(e.to_string()))?
+        .block_on(load_classifier(&source, &Overrides::default(), options))
+}
+
+/// Logits for a few fixed inputs, to compare sessions bit for bit.
+fn logits(classifier: &Classifier) -> Result<Vec<Vec<f32>>> {
+    let n = 4;
+    let len = classifier.info().image_len();
+    let input = (0..n * len).map(|i| ((i * 7919) % 255) as f32 / 64.0 - 2.0).collect();
+    Ok(classifier.run(input, n)?)
+}
+
+fn entries(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        found.push(entry?.path());
+    }
+    Ok(found)
+}
+
+/// A model whose weights are not the identity, so that a wrong graph would answer differently.
+fn skewed() -> TinyModel {
+    let mut model = TinyModel::rgb(8);
+    model.weights = vec![[1.0, -2.0, 0.5], [0.3, 3.0, -1.0], [-0.7, 0.2, 2.5]];
+    model.bias = vec![0.1, -0.2, 0.3];
+    model
+}
+
+#[test]
+fn the_first_start_stores_the_graph_and_the_next_loads_it_with_the_same_answers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cache = dir.path().join("cache");
+    let model = write_with_sidecar(dir.path(), "m.onnx", &skewed().build())?;
+
+    let uncached = load(&model, &LoadOptions::uncached(1))?;
+    assert_eq!(uncached.cache_outcome(), CacheOutcome::Off);
+    let first = load(&model, &cached(&cache))?;
+    assert_eq!(first.cache_outcome(), CacheOutcome::Stored);
+    let stored = entries(&cache)?;
+    assert_eq!(stored.len(), 1, "one entry and no temporary files left: {stored:?}");
+    let second = load(&model, &cached(&cache))?;
+    assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
+
+    let want = logits(&uncached)?;
+    assert_eq!(logits(&first)?, want);
+    assert_eq!(logits(&second)?, want);
+    // What the API reports comes from the model, not from the cache entry.
+    assert_eq!(second.info().version, uncached.info().version);
+    assert_eq!(second.info().class_names, uncached.info().class_names);
+    assert_eq!(second.info().metadata, uncached.info().metadata);
+    Ok(())
+}
+
+#[test]
+fn a_broken_entry_is_replaced_and_start_up_goes_on() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cache = dir.path().join("cache");
+    let model = write_with_sidecar(dir.path(), "m.onnx", &skewed().build())?;
+    let want = logits(&*load(&model, &cached(&cache))?)?;
+    let [entry] = entries(&cache)?
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("entries {e:?}"))?;
+
+    std::fs::write(&entry, b"not an onnx graph")?;
+    let rebuilt = load(&model, &cached(&cache))?;
+    assert_eq!(rebuilt.cache_outcome(), CacheOutcome::Stored);
+    assert_eq!(logits(&rebuilt)?, want);
+    ensure!(std::fs::metadata(&entry)?.len() > 100, "the entry was rewritten");
+    assert_eq!(load(&model, &cached(&cache))?.cache_outcome(), CacheOutcome::Hit);
+    Ok(())
+}
+
+#[test]
+fn an_unwritable_cache_directory_only_costs_speed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = write_with_sidecar(dir.path(), "m.onnx", &skewed().build())?;
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"x")?;
+    let classifier = load(&model, &cached(&not_a_dir.join("cache")))?;
+    assert_eq!(classifier.cache_outcome(), CacheOutcome::Unwritable);
+    assert_eq!(
+        logits(&classifier)?,
+        logits(&*load(&model, &LoadOptions::uncached(1))?)?
+    );
+    Ok(())
+}
+
+#[test]
+fn another_model_never_gets_this_models_graph() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cache = dir.path().join("cache");
+    let a = write_with_sidecar(dir.path(), "a.onnx", &skewed().build())?;
+    let b = write_with_sidecar(dir.path(), "b.onnx", &TinyModel::rgb(8).build())?;
+    load(&a, &cached(&cache))?;
+    // Same file name, new weights: keyed by content, not by path.
+    let replaced = write_with_sidecar(dir.path(), "a.onnx", &TinyModel::rgb(8).build())?;
+    let from_b = load(&b, &cached(&cache))?;
+    assert_eq!(from_b.cache_outcome(), CacheOutcome::Stored);
+    assert_eq!(logits(&from_b)?, logits(&*load(&b, &LoadOptions::uncached(1))?)?);
+    assert_eq!(load(&replaced, &cached(&cache))?.cache_outcome(), CacheOutcome::Hit);
+    assert_eq!(entries(&cache)?.len(), 2);
+    Ok(())
+}
+
+#[test]
+fn a_model_that_fails_its_checksum_is_refused_even_when_its_graph_is_cached() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cache = dir.path().join("cache");
+    let model = write_with_sidecar(dir.path(), "m.onnx", &skewed().build())?;
+    load(&model, &cached(&cache))?;
+    let sidecar = infer::source::sidecar_path(&model);
+    std::fs::write(&sidecar, format!("{}  m.onnx\n", "0".repeat(64)))?;
+    match load(&model, &cached(&cache)) {
+        Err(StartError::Source(SourceError::ChecksumMismatch { model: named, .. })) => {
+            assert!(named.ends_with("m.onnx"), "{named}");
+        }
+        other => anyhow::bail!("expected a checksum mismatch, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn models_given_as_bytes_use_the_cache_too() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bytes = skewed().build();
+    let load = || {
+        Classifier::load_with_options(
+            bytes.clone(),
+            None,
+            "m",
+            "s3://bucket/m.onnx",
+            &Overrides::default(),
+            &cached(dir.path()),
+        )
+    };
+    let first = load()?;
+    let second = load()?;
+    assert_eq!(first.cache_outcome(), CacheOutcome::Stored);
+    assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
+    assert_eq!(logits(&first)?, logits(&second)?);
+    Ok(())
+}
