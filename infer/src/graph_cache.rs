@@ -64,6 +64,44 @@ impl GraphCache {
         self.dir.join(format!("{model}-{}.optimized.onnx", &env[..12]))
     }
 
+    /// The sha256 that `path` had when it was last hashed, if its size, modification time and
+    /// inode are unchanged since. Only a guess that lets hashing overlap loading: the caller
+    /// still hashes the file and uses the guess only when the two agree.
+    pub fn remembered_digest(&self, path: &Path) -> Option<String> {
+        let text = std::fs::read_to_string(self.digest_note(path)?).ok()?;
+        let digest = text.trim();
+        (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| digest.to_owned())
+    }
+
+    /// Notes `sha256` as the digest of `path` as it is now (best effort, like all of the cache).
+    pub fn remember_digest(&self, path: &Path, sha256: &str) {
+        let Some(note) = self.digest_note(path) else { return };
+        let written = note.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+            let tmp = note.with_extension(format!("{}.tmp", std::process::id()));
+            std::fs::write(&tmp, sha256)?;
+            std::fs::rename(&tmp, &note)
+        });
+        if let Err(e) = written {
+            tracing::debug!(note = %note.display(), "could not note the model's digest: {e}");
+        }
+    }
+
+    /// `digests/<hash of the file's path and identity>`: changes whenever the file may have.
+    fn digest_note(&self, path: &Path) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::fs::canonicalize(path).ok()?;
+        let meta = std::fs::metadata(&path).ok()?;
+        let mut id = Sha256::new();
+        id.update(path.as_os_str().as_encoded_bytes());
+        for n in [meta.dev(), meta.ino(), meta.size()] {
+            id.update(n.to_le_bytes());
+        }
+        for n in [meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec()] {
+            id.update(n.to_le_bytes());
+        }
+        Some(self.dir.join("digests").join(&hex::encode(id.finalize())[..32]))
+    }
+
     /// A fresh temporary path beside `entry`, created empty to prove the directory is writable.
     pub fn temporary(&self, entry: &Path) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(&self.dir)?;
@@ -144,6 +182,25 @@ mod tests {
         assert!(tmp.is_file());
         assert_eq!(tmp.parent(), entry.parent());
         assert_ne!(tmp, entry);
+        Ok(())
+    }
+
+    #[test]
+    fn a_remembered_digest_is_forgotten_when_the_file_changes() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let cache = GraphCache::new(dir.path().join("cache"));
+        let model = dir.path().join("m.onnx");
+        std::fs::write(&model, b"one")?;
+        assert_eq!(cache.remembered_digest(&model), None);
+        let digest = "e".repeat(64);
+        cache.remember_digest(&model, &digest);
+        assert_eq!(cache.remembered_digest(&model), Some(digest));
+        // A rewrite replaces the inode's times (and here the size): the note no longer applies.
+        std::fs::write(&model, b"other")?;
+        assert_eq!(cache.remembered_digest(&model), None);
+        // A note that is not a digest is no guess.
+        cache.remember_digest(&model, "not-a-digest");
+        assert_eq!(cache.remembered_digest(&model), None);
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{AppState, Limits, router};
 use crate::batch::{BatchConfig, Engine};
+use crate::graph_cache::GraphCache;
 use crate::metrics::Metrics;
 use crate::model::{Classifier, LoadOptions, ModelError, Overrides};
 use crate::source::{ModelSource, SourceError};
@@ -57,24 +58,16 @@ async fn load_once(
     let options = options.clone();
     let blocking_err = |e: tokio::task::JoinError| StartError::Task(e.to_string());
     // A file can be hashed without reading it into memory; when its optimised graph is cached,
-    // that is all start-up does with it.
+    // that is all start-up does with it, and it does it while ONNX Runtime loads the graph.
     if let (ModelSource::File(path), Some(cache)) = (source, &options.cache) {
-        let path = path.clone();
-        let sha256 = tokio::task::spawn_blocking(move || -> Result<String, StartError> {
-            let sha256 = crate::source::file_digest(&path)?;
-            // The key names the runtime's build: wait for the library that is opening meanwhile.
-            crate::runtime::environment().map_err(ModelError::from)?;
-            Ok(sha256)
+        let (path, cache) = (path.clone(), cache.clone());
+        let (name, label, overrides, options) = (name.clone(), label.clone(), overrides.clone(), options.clone());
+        let cached = tokio::task::spawn_blocking(move || {
+            load_file_from_cache(&path, &cache, &name, &label, &overrides, &options)
         })
         .await
         .map_err(blocking_err)??;
-        let entry = cache.entry(&sha256, ort::info());
-        if entry.is_file() {
-            let classifier = tokio::task::spawn_blocking(move || {
-                Classifier::load_cached(&entry, sha256, &name, &label, &overrides, &options)
-            })
-            .await
-            .map_err(blocking_err)??;
+        if let Some(classifier) = cached {
             return Ok(Arc::new(classifier));
         }
     }
@@ -85,6 +78,71 @@ async fn load_once(
     .await
     .map_err(blocking_err)??;
     Ok(Arc::new(classifier))
+}
+
+/// The classifier for the model file at `path` from its cached graph, or `None` when there is no
+/// entry for it. The file is always hashed and checked against its sidecar; when the cache
+/// remembers this file's digest, that runs on a second thread while ONNX Runtime loads the entry
+/// on this one, and the session is used only if the file turns out to have that digest.
+fn load_file_from_cache(
+    path: &std::path::Path,
+    cache: &GraphCache,
+    name: &str,
+    label: &str,
+    overrides: &Overrides,
+    options: &LoadOptions,
+) -> Result<Option<Classifier>, StartError> {
+    let remembered = cache.remembered_digest(path);
+    // The entry's name holds the runtime's build: wait for the library opening meanwhile.
+    crate::runtime::environment().map_err(ModelError::from)?;
+    let build = ort::info();
+    if let Some(guess) = remembered.filter(|sha| cache.entry(sha, build).is_file()) {
+        let hashing = {
+            let path = path.to_owned();
+            std::thread::Builder::new()
+                .name("model-sha256".into())
+                .spawn(move || crate::source::file_digest(&path))
+                .map_err(|e| StartError::Task(format!("starting the hashing thread: {e}")))?
+        };
+        let loaded = Classifier::load_cached(
+            &cache.entry(&guess, build),
+            guess.clone(),
+            name,
+            label,
+            overrides,
+            options,
+        );
+        let actual = hashing
+            .join()
+            .map_err(|_| StartError::Task("the hashing thread panicked".into()))??;
+        if actual == guess {
+            return Ok(Some(loaded?));
+        }
+        tracing::info!(model = %path.display(), "model file changed since the last start");
+        drop(loaded);
+        return load_entry_for(path, cache, actual, name, label, overrides, options);
+    }
+    let actual = crate::source::file_digest(path)?;
+    load_entry_for(path, cache, actual, name, label, overrides, options)
+}
+
+fn load_entry_for(
+    path: &std::path::Path,
+    cache: &GraphCache,
+    sha256: String,
+    name: &str,
+    label: &str,
+    overrides: &Overrides,
+    options: &LoadOptions,
+) -> Result<Option<Classifier>, StartError> {
+    cache.remember_digest(path, &sha256);
+    let entry = cache.entry(&sha256, ort::info());
+    if !entry.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(Classifier::load_cached(
+        &entry, sha256, name, label, overrides, options,
+    )?))
 }
 
 /// The router over a loaded classifier.

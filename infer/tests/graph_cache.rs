@@ -38,10 +38,15 @@ fn logits(classifier: &Classifier) -> Result<Vec<Vec<f32>>> {
     Ok(classifier.run(input, n)?)
 }
 
+/// The files at the top of the cache directory: graphs and any temporary file left behind (the
+/// `digests/` notes live in a subdirectory).
 fn entries(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
-        found.push(entry?.path());
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            found.push(entry.path());
+        }
     }
     Ok(found)
 }
@@ -166,5 +171,27 @@ fn models_given_as_bytes_use_the_cache_too() -> Result<()> {
     assert_eq!(first.cache_outcome(), CacheOutcome::Stored);
     assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
     assert_eq!(logits(&first)?, logits(&second)?);
+    Ok(())
+}
+
+#[test]
+fn a_wrong_remembered_digest_never_serves_the_other_models_graph() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cache = dir.path().join("cache");
+    let a_bytes = skewed().build();
+    let b_bytes = TinyModel::rgb(8).build();
+    let a = write_with_sidecar(dir.path(), "a.onnx", &a_bytes)?;
+    let b = write_with_sidecar(dir.path(), "b.onnx", &b_bytes)?;
+    let want = logits(&*load(&a, &cached(&cache))?)?;
+    load(&b, &cached(&cache))?;
+
+    // As if a.onnx had held b's weights when it was last hashed.
+    let graphs = GraphCache::new(&cache);
+    graphs.remember_digest(&a, &infer::source::sha256_hex(&b_bytes));
+    let again = load(&a, &cached(&cache))?;
+    assert_eq!(again.cache_outcome(), CacheOutcome::Hit);
+    assert_eq!(logits(&again)?, want);
+    assert_eq!(again.info().sha256, infer::source::sha256_hex(&a_bytes));
+    assert_eq!(graphs.remembered_digest(&a), Some(infer::source::sha256_hex(&a_bytes)));
     Ok(())
 }
