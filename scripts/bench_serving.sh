@@ -18,7 +18,7 @@ echo "|---|---|---|---:|---:|---:|---:|---:|---:|"
 for model in "$w64" "$w16"; do
   name=$(basename "$model" .onnx)
   for batching in on off; do
-    if [ $batching = on ]; then flags=(--max-batch 64); else flags=(--max-batch 1); fi
+    if [ $batching = on ]; then flags=(--max-batch 8); else flags=(--max-batch 1); fi
     "$bin" serve --model "$model" --addr 127.0.0.1:$port "${flags[@]}" >/dev/null 2>&1 &
     pid=$!
     wait_up

@@ -85,7 +85,7 @@ struct ServeArgs {
     #[arg(long, env = "INFER_MAX_SIDE", default_value_t = 8192)]
     max_side: u32,
     /// Images per model run when micro-batching; 1 turns micro-batching off.
-    #[arg(long, env = "INFER_MAX_BATCH", default_value_t = 32)]
+    #[arg(long, env = "INFER_MAX_BATCH", default_value_t = infer::batch::DEFAULT_MAX_BATCH)]
     max_batch: usize,
     /// How long a request waits for others to batch with, in milliseconds (0: batch only what
     /// queued while the model was busy).
