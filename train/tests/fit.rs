@@ -262,6 +262,26 @@ fn cli_fit_eval_summary_bench_and_kill_then_resume() -> TestResult {
     }
     let metrics = fit::read_metrics(&run.join(fit::METRICS_FILE), u32::MAX)?;
     assert_eq!(metrics.len(), 2);
+    // What scripts and plots read from each line: its keys and their JSON types, pinned.
+    let text = std::fs::read_to_string(run.join(fit::METRICS_FILE))?;
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().ok_or("no metrics line")?)?;
+    let keys: Vec<String> = first
+        .as_object()
+        .ok_or("a metrics line is not an object")?
+        .iter()
+        .map(|(key, value)| {
+            let kind = match value {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "bool",
+                serde_json::Value::Number(_) => "number",
+                serde_json::Value::String(_) => "string",
+                serde_json::Value::Array(_) => "array",
+                serde_json::Value::Object(_) => "object",
+            };
+            format!("{key}: {kind}")
+        })
+        .collect();
+    insta::assert_snapshot!("metrics_line_keys", keys.join("\n"));
 
     let ckpt = run.join(fit::CHECKPOINT_FILE);
     let out = run_ok(train_bin().args([
