@@ -1,4 +1,5 @@
-//! Gives test binaries an rpath to libtorch: torch-sys links it but sets none on the final binary.
+//! Gives binaries and test binaries an rpath to libtorch: torch-sys links it but sets none on the
+//! final binary. Also the build script of `scratch` and `e2e` (their `package.build`).
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
