@@ -110,7 +110,8 @@ pub fn default_threads() -> usize {
 
 impl Classifier {
     /// Builds the session from model bytes, checks the graph against what serving needs, and
-    /// runs one warm-up inference. `name` and `source` are for messages and the API.
+    /// runs one warm-up inference (no graph cache). `name` and `source` are for messages and the
+    /// API.
     pub fn load(
         bytes: &[u8],
         name: &str,
@@ -118,7 +119,14 @@ impl Classifier {
         overrides: &Overrides,
         threads: usize,
     ) -> Result<Self, ModelError> {
-        Self::load_with_digest(bytes, None, name, source, overrides, threads)
+        Self::load_with_options(
+            bytes.to_vec(),
+            None,
+            name,
+            source,
+            overrides,
+            &LoadOptions::uncached(threads),
+        )
     }
 
     /// [`Classifier::load`] as start-up does it: with the sha256 when the caller already computed
@@ -150,21 +158,6 @@ impl Classifier {
     ) -> Result<Self, ModelError> {
         let session = load_entry(entry, source, options)?;
         Self::from_session(session, CacheOutcome::Hit, sha256, name, source, overrides)
-    }
-
-    fn load_with_digest(
-        bytes: &[u8],
-        sha256: Option<String>,
-        name: &str,
-        source: &str,
-        overrides: &Overrides,
-        threads: usize,
-    ) -> Result<Self, ModelError> {
-        let sha256 = sha256.unwrap_or_else(|| crate::source::sha256_hex(bytes));
-        let session = session_builder(source, threads, GraphOptimizationLevel::Level3)?
-            .commit_from_memory(bytes)
-            .map_err(|e| load_error(source, e))?;
-        Self::from_session(session, CacheOutcome::Off, sha256, name, source, overrides)
     }
 
     fn from_session(
