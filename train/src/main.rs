@@ -59,7 +59,7 @@ impl Machine {
             }
             tch::set_num_threads(n);
         }
-        Ok(match self.device {
+        let device = match self.device {
             DeviceArg::Auto => Device::cuda_if_available(),
             DeviceArg::Cpu => Device::Cpu,
             DeviceArg::Cuda => {
@@ -68,7 +68,12 @@ impl Machine {
                 }
                 Device::Cuda(0)
             }
-        })
+        };
+        if device.is_cuda() {
+            // Every batch has the same shape, so cuDNN's one-off algorithm search pays back.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        Ok(device)
     }
 
     fn channels_last(&self, device: Device, width: i64) -> bool {
