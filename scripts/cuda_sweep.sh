@@ -89,6 +89,7 @@ status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 echo "== done ($(date -u +%T)), exit status ${status}"
 
+# shellcheck disable=SC2086 # one argument per configuration
 python3 - "$OUT_DIR" $CONFIGS <<'EOF' | tee "$OUT_DIR/summary.txt"
 import json, os, sys
 out, configs = sys.argv[1], sys.argv[2:]

@@ -5,7 +5,7 @@
 //!   API key; bundled or S3 model), because conditions decide which resources exist;
 //! - `checkov` on the template, those transformed variants, the Dockerfile and the workflows;
 //! - `actionlint` (with `shellcheck` on every `run:` script), `zizmor` (offline) on the workflows;
-//! - `hadolint` on the Dockerfile and `shellcheck` on the scripts in `infra/`.
+//! - `hadolint` on the Dockerfile and `shellcheck` on the scripts in `infra/` and `scripts/`.
 //!
 //! Skipped checks live in the files themselves, each with its reason.
 
@@ -210,7 +210,9 @@ pub fn run(env: &Env) -> Result<()> {
     let root = paths::repo_root();
     let template = root.join(TEMPLATE);
     let workflows = files_with(&root.join(WORKFLOWS), &[".yml", ".yaml"])?;
-    let scripts = files_with(&root.join("infra"), &[".sh"])?;
+    let mut scripts = files_with(&root.join("infra"), &[".sh"])?;
+    // The dev scripts too: they run on other people's machines (a GPU host, a load generator).
+    scripts.extend(files_with(&root.join("scripts"), &[".sh"])?);
 
     let mut failures = Vec::new();
     let mut record = |result: Result<()>| {
