@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{AppState, Limits, router};
 use crate::batch::{BatchConfig, Engine};
-use crate::graph_cache::GraphCache;
+use crate::graph_cache::{CacheOutcome, GraphCache};
 use crate::metrics::Metrics;
 use crate::model::{Classifier, LoadOptions, ModelError, Overrides};
 use crate::source::{ModelSource, SourceError};
@@ -72,18 +72,30 @@ async fn load_once(
         }
     }
     let (bytes, sha256) = source.fetch().await?;
+    let remember = match (source, &options.cache) {
+        (ModelSource::File(path), Some(cache)) => Some((path.clone(), cache.clone())),
+        _ => None,
+    };
     let classifier = tokio::task::spawn_blocking(move || {
-        Classifier::load_with_options(bytes, sha256, &name, &label, &overrides, &options)
+        let classifier = Classifier::load_with_options(bytes, sha256, &name, &label, &overrides, &options)?;
+        // Noted so that the next start takes the fast path above.
+        if let Some((path, cache)) = remember
+            && matches!(classifier.cache_outcome(), CacheOutcome::Stored | CacheOutcome::Hit)
+        {
+            cache.remember_digest(&path, &classifier.info().sha256);
+        }
+        Ok::<_, StartError>(classifier)
     })
     .await
     .map_err(blocking_err)??;
     Ok(Arc::new(classifier))
 }
 
-/// The classifier for the model file at `path` from its cached graph, or `None` when there is no
-/// entry for it. The file is always hashed and checked against its sidecar; when the cache
-/// remembers this file's digest, that runs on a second thread while ONNX Runtime loads the entry
-/// on this one, and the session is used only if the file turns out to have that digest.
+/// The classifier for the model file at `path` from its cached graph, when the cache remembers
+/// the file's digest and holds the entry for it; `None` otherwise, and the caller reads and
+/// hashes the file in one pass. The file is still hashed in full and must have the remembered
+/// digest: that runs on a second thread while ONNX Runtime loads the entry on this one, and the
+/// session is used only if the digests agree.
 fn load_file_from_cache(
     path: &std::path::Path,
     cache: &GraphCache,
@@ -92,37 +104,31 @@ fn load_file_from_cache(
     overrides: &Overrides,
     options: &LoadOptions,
 ) -> Result<Option<Classifier>, StartError> {
-    let remembered = cache.remembered_digest(path);
+    let Some(guess) = cache.remembered_digest(path) else {
+        return Ok(None);
+    };
     // The entry's name holds the runtime's build: wait for the library opening meanwhile.
     crate::runtime::environment().map_err(ModelError::from)?;
-    let build = ort::info();
-    if let Some(guess) = remembered.filter(|sha| cache.entry(sha, build).is_file()) {
-        let hashing = {
-            let path = path.to_owned();
-            std::thread::Builder::new()
-                .name("model-sha256".into())
-                .spawn(move || crate::source::file_digest(&path))
-                .map_err(|e| StartError::Task(format!("starting the hashing thread: {e}")))?
-        };
-        let loaded = Classifier::load_cached(
-            &cache.entry(&guess, build),
-            guess.clone(),
-            name,
-            label,
-            overrides,
-            options,
-        );
-        let actual = hashing
-            .join()
-            .map_err(|_| StartError::Task("the hashing thread panicked".into()))??;
-        if actual == guess {
-            return Ok(Some(loaded?));
-        }
-        tracing::info!(model = %path.display(), "model file changed since the last start");
-        drop(loaded);
-        return load_entry_for(path, cache, actual, name, label, overrides, options);
+    let entry = cache.entry(&guess, ort::info());
+    if !entry.is_file() {
+        return Ok(None);
     }
-    let actual = crate::source::file_digest(path)?;
+    let hashing = {
+        let path = path.to_owned();
+        std::thread::Builder::new()
+            .name("model-sha256".into())
+            .spawn(move || crate::source::file_digest(&path))
+            .map_err(|e| StartError::Task(format!("starting the hashing thread: {e}")))?
+    };
+    let loaded = Classifier::load_cached(&entry, guess.clone(), name, label, overrides, options);
+    let actual = hashing
+        .join()
+        .map_err(|_| StartError::Task("the hashing thread panicked".into()))??;
+    if actual == guess {
+        return Ok(Some(loaded?));
+    }
+    tracing::info!(model = %path.display(), "model file changed since the last start");
+    drop(loaded);
     load_entry_for(path, cache, actual, name, label, overrides, options)
 }
 

@@ -71,6 +71,9 @@ fn the_first_start_stores_the_graph_and_the_next_loads_it_with_the_same_answers(
     assert_eq!(first.cache_outcome(), CacheOutcome::Stored);
     let stored = entries(&cache)?;
     assert_eq!(stored.len(), 1, "one entry and no temporary files left: {stored:?}");
+    // The first start notes the file's digest, so the next one hashes it beside the graph load.
+    let sha = first.info().sha256.clone();
+    assert_eq!(GraphCache::new(&cache).remembered_digest(&model), Some(sha.clone()));
     let second = load(&model, &cached(&cache))?;
     assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
 
@@ -81,6 +84,13 @@ fn the_first_start_stores_the_graph_and_the_next_loads_it_with_the_same_answers(
     assert_eq!(second.info().version, uncached.info().version);
     assert_eq!(second.info().class_names, uncached.info().class_names);
     assert_eq!(second.info().metadata, uncached.info().metadata);
+
+    // A note whose entry has gone (cache cleaned by hand) only means optimising again.
+    std::fs::remove_file(&stored[0])?;
+    let third = load(&model, &cached(&cache))?;
+    assert_eq!(third.cache_outcome(), CacheOutcome::Stored);
+    assert_eq!(logits(&third)?, want);
+    assert_eq!(GraphCache::new(&cache).remembered_digest(&model), Some(sha));
     Ok(())
 }
 
