@@ -57,10 +57,13 @@ async fn load_once(
     let overrides = overrides.clone();
     let options = options.clone();
     let blocking_err = |e: tokio::task::JoinError| StartError::Task(e.to_string());
+    let file_cache = match (source, &options.cache) {
+        (ModelSource::File(path), Some(cache)) => Some((path.clone(), cache.clone())),
+        _ => None,
+    };
     // A file can be hashed without reading it into memory; when its optimised graph is cached,
     // that is all start-up does with it, and it does it while ONNX Runtime loads the graph.
-    if let (ModelSource::File(path), Some(cache)) = (source, &options.cache) {
-        let (path, cache) = (path.clone(), cache.clone());
+    if let Some((path, cache)) = file_cache.clone() {
         let (name, label, overrides, options) = (name.clone(), label.clone(), overrides.clone(), options.clone());
         let cached = tokio::task::spawn_blocking(move || {
             load_file_from_cache(&path, &cache, &name, &label, &overrides, &options)
@@ -72,14 +75,10 @@ async fn load_once(
         }
     }
     let (bytes, sha256) = source.fetch().await?;
-    let remember = match (source, &options.cache) {
-        (ModelSource::File(path), Some(cache)) => Some((path.clone(), cache.clone())),
-        _ => None,
-    };
     let classifier = tokio::task::spawn_blocking(move || {
         let classifier = Classifier::load_with_options(bytes, sha256, &name, &label, &overrides, &options)?;
         // Noted so that the next start takes the fast path above.
-        if let Some((path, cache)) = remember
+        if let Some((path, cache)) = file_cache
             && matches!(classifier.cache_outcome(), CacheOutcome::Stored | CacheOutcome::Hit)
         {
             cache.remember_digest(&path, &classifier.info().sha256);
@@ -92,10 +91,10 @@ async fn load_once(
 }
 
 /// The classifier for the model file at `path` from its cached graph, when the cache remembers
-/// the file's digest and holds the entry for it; `None` otherwise, and the caller reads and
-/// hashes the file in one pass. The file is still hashed in full and must have the remembered
-/// digest: that runs on a second thread while ONNX Runtime loads the entry on this one, and the
-/// session is used only if the digests agree.
+/// the file's digest and holds the entry for it; `None` otherwise (also when the file has changed
+/// since), and the caller reads and hashes the file in one pass. The file is still hashed in full
+/// and must have the remembered digest: that runs on a second thread while ONNX Runtime loads the
+/// entry on this one, and the session is used only if the digests agree.
 fn load_file_from_cache(
     path: &std::path::Path,
     cache: &GraphCache,
@@ -125,30 +124,10 @@ fn load_file_from_cache(
         .join()
         .map_err(|_| StartError::Task("the hashing thread panicked".into()))??;
     if actual == guess {
-        return Ok(Some(loaded?));
+        return loaded.map(Some).map_err(StartError::from);
     }
     tracing::info!(model = %path.display(), "model file changed since the last start");
-    drop(loaded);
-    load_entry_for(path, cache, actual, name, label, overrides, options)
-}
-
-fn load_entry_for(
-    path: &std::path::Path,
-    cache: &GraphCache,
-    sha256: String,
-    name: &str,
-    label: &str,
-    overrides: &Overrides,
-    options: &LoadOptions,
-) -> Result<Option<Classifier>, StartError> {
-    cache.remember_digest(path, &sha256);
-    let entry = cache.entry(&sha256, ort::info());
-    if !entry.is_file() {
-        return Ok(None);
-    }
-    Ok(Some(Classifier::load_cached(
-        &entry, sha256, name, label, overrides, options,
-    )?))
+    Ok(None)
 }
 
 /// The router over a loaded classifier.
