@@ -9,6 +9,9 @@ the mean over timed steps).
 
     python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch==2.11.0
     /tmp/torchvenv/bin/python scripts/bench_train_pytorch.py --width 64 --batch-size 128 --channels-last
+    python3 scripts/bench_train_pytorch.py --device cuda --amp --channels-last --batch-size 256
+
+On CUDA, `--amp` is `train bench --device cuda`'s default: float16 autocast with a GradScaler.
 
 Prints one JSON object, with the same keys as `train bench --json` where they mean the same.
 """
@@ -74,12 +77,19 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="float16 autocast + GradScaler (CUDA)")
     args = p.parse_args()
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    amp = args.amp and cuda
+    if cuda:
+        torch.backends.cudnn.benchmark = True
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = ResNet18(args.width)
+    model = ResNet18(args.width).to(dev)
     decay = [p for n, p in model.named_parameters() if n.endswith(".weight") and ".bn." not in n]
     no_decay = [p for n, p in model.named_parameters() if not (n.endswith(".weight") and ".bn." not in n)]
     opt = torch.optim.SGD(
@@ -88,27 +98,40 @@ def main():
         momentum=0.9,
         nesterov=True,
     )
-    x = torch.randn(args.batch_size, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch_size,))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (args.batch_size,), device=dev)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     model.train()
 
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    # As `train bench`: steps are queued without reading anything back; a step's time is when
+    # the host could queue the next, and the total waits for the last one to finish.
     times = []
     for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            sync()
+            started = time.perf_counter()
         t = time.perf_counter()
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=0.1)
-        # `train bench` reads the loss and the number correct every step; so does this.
-        _ = loss.item(), (logits.argmax(-1) == y).sum().item()
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
-        opt.step()
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
+        _ = loss.detach(), (logits.argmax(-1) == y).sum()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
+    sync()
+    total = time.perf_counter() - started
 
-    ips = args.batch_size * len(times) / sum(times)
+    ips = args.batch_size * len(times) / total
     print(
         json.dumps(
             {
@@ -119,6 +142,8 @@ def main():
                 "warmup": args.warmup,
                 "threads": torch.get_num_threads(),
                 "channels_last": args.channels_last,
+                "device": args.device,
+                "amp": amp,
                 "images_per_second": ips,
                 "step_ms_median": statistics.median(times) * 1e3,
                 "step_ms_min": min(times) * 1e3,

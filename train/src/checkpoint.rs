@@ -185,12 +185,14 @@ fn write(
     let mut named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .map(|(name, t)| (name, t.to_device(Device::Cpu)))
+        // Copies: the trainer's variables are views into its optimiser's flat buffers, and a
+        // view would be written with the whole buffer behind it.
+        .map(|(name, t)| (name, t.to_device(Device::Cpu).copy()))
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(state) = state {
         for (name, buf) in &state.momentum {
-            named.push((format!("{MOMENTUM_PREFIX}{name}"), buf.to_device(Device::Cpu)));
+            named.push((format!("{MOMENTUM_PREFIX}{name}"), buf.to_device(Device::Cpu).copy()));
         }
     }
     named.push((META_TENSOR.to_owned(), Tensor::from_slice(&json)));

@@ -12,3 +12,4 @@ pub mod model;
 pub mod optim;
 pub mod plots;
 pub mod summary;
+pub mod torch_log;

@@ -72,6 +72,9 @@ impl Machine {
         if device.is_cuda() {
             // Every batch has the same shape, so cuDNN's one-off algorithm search pays back.
             tch::Cuda::cudnn_set_benchmark(true);
+            // Mixed precision goes through tch's `autocast`, which makes libtorch print a
+            // deprecation warning three times a step; errors still print.
+            train::torch_log::set_level_from_env_or(2);
         }
         Ok(device)
     }
