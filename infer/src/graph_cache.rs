@@ -5,16 +5,31 @@
 //! for 45 MB of weights). ONNX Runtime can save the graph it optimised; loading that with
 //! optimisation off gives the same session without either cost.
 //!
+//! An entry is a directory: the optimised graph (`graph.onnx`) and its weights in a file of their
+//! own (`weights.bin`), which ONNX Runtime maps into memory instead of parsing them out of the
+//! protobuf. For width 64 that makes session creation from the entry 7-8 ms instead of 59-61 ms
+//! (fresh processes, onnxruntime 1.31.1), with bit-identical outputs.
+//!
 //! The saved graph is only valid for the model, the ONNX Runtime build and the CPU it was made
-//! on (the NCHWc layout bakes in the vector width), so all three are in the file name: a change
-//! of any of them is a miss, never a wrong graph. Files are written under a temporary name and
-//! renamed, so a crash mid-write leaves no half entry; an entry that does not load is removed and
-//! rebuilt. The cache is an optimisation only: any failure to read or write it is logged and
-//! start-up goes on the slow way.
+//! on (the NCHWc layout bakes in the vector width), so all three are in the entry's name: a
+//! change of any of them is a miss, never a wrong graph. Entries are written into a temporary
+//! directory and renamed, so a crash mid-write leaves no half entry; an entry that does not load
+//! is removed and rebuilt. The cache is an optimisation only: any failure to read or write it is
+//! logged and start-up goes on the slow way.
 
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+/// The graph inside an entry directory.
+pub const GRAPH_FILE: &str = "graph.onnx";
+/// The weights inside an entry directory, named by the graph (a relative path).
+pub const WEIGHTS_FILE: &str = "weights.bin";
+
+/// How long before its digest note a file must have last been modified for the note to be
+/// trusted without hashing the file ([`GraphCache::is_settled`]); FAT's 2 s is the coarsest
+/// timestamp in use.
+pub const SETTLED: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A directory of optimised graphs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +68,7 @@ impl GraphCache {
         &self.dir
     }
 
-    /// The entry for a model with this sha256 under this ONNX Runtime build and CPU.
+    /// The entry (a directory) for a model with this sha256 under this ONNX Runtime build and CPU.
     pub fn entry(&self, model_sha256: &str, runtime_build: &str) -> PathBuf {
         let mut env = Sha256::new();
         env.update(runtime_build.as_bytes());
@@ -61,7 +76,26 @@ impl GraphCache {
         env.update(cpu_features().as_bytes());
         let env = hex::encode(env.finalize());
         let model = model_sha256.get(..16).unwrap_or(model_sha256);
-        self.dir.join(format!("{model}-{}.optimized.onnx", &env[..12]))
+        self.dir.join(format!("{model}-{}.optimized", &env[..12]))
+    }
+
+    /// The graph file of `entry`; the entry is stored when this exists.
+    pub fn graph(entry: &Path) -> PathBuf {
+        entry.join(GRAPH_FILE)
+    }
+
+    /// Moves a temporary entry filled by ONNX Runtime into place. `false` (and the temporary
+    /// entry removed) when it has no graph or cannot be moved.
+    pub fn commit(&self, tmp: &Path, entry: &Path) -> bool {
+        // A leftover without a graph (a crash while removing a bad entry) is in the way.
+        if entry.exists() && !Self::graph(entry).is_file() {
+            remove_entry(entry);
+        }
+        let moved = Self::graph(tmp).is_file() && std::fs::rename(tmp, entry).is_ok();
+        if !moved {
+            remove_entry(tmp);
+        }
+        moved
     }
 
     /// The sha256 that `path` had when it was last hashed, if its size, modification time and
@@ -71,6 +105,23 @@ impl GraphCache {
         let text = std::fs::read_to_string(self.digest_note(path)?).ok()?;
         let digest = text.trim();
         (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| digest.to_owned())
+    }
+
+    /// Whether the note for `path` can stand in for hashing it: the file's identity (inode,
+    /// size, modification and change times) is unchanged since it was hashed in full, and it
+    /// was last modified at least [`SETTLED`] before the note was written. The second part is
+    /// git's "racily clean" rule: on a file system with coarse timestamps, a rewrite in the same
+    /// tick as the hashed write would leave the identity as it was.
+    pub fn is_settled(&self, path: &Path) -> bool {
+        let note = self.digest_note(path).and_then(|n| std::fs::metadata(n).ok());
+        let file = std::fs::metadata(path).ok();
+        match (
+            note.and_then(|n| n.modified().ok()),
+            file.and_then(|f| f.modified().ok()),
+        ) {
+            (Some(noted), Some(modified)) => noted.duration_since(modified).is_ok_and(|d| d >= SETTLED),
+            _ => false,
+        }
     }
 
     /// Notes `sha256` as the digest of `path` as it is now (best effort, like all of the cache).
@@ -102,7 +153,8 @@ impl GraphCache {
         Some(self.dir.join("digests").join(&hex::encode(id.finalize())[..32]))
     }
 
-    /// A fresh temporary path beside `entry`, created empty to prove the directory is writable.
+    /// A fresh, empty temporary entry directory beside `entry`, for [`GraphCache::commit`];
+    /// creating it proves the cache is writable.
     pub fn temporary(&self, entry: &Path) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(&self.dir)?;
         let name = entry
@@ -110,9 +162,15 @@ impl GraphCache {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        std::fs::File::create(&tmp)?;
+        remove_entry(&tmp);
+        std::fs::create_dir(&tmp)?;
         Ok(tmp)
     }
+}
+
+/// Removes an entry, or a temporary one, whatever state it is in (best effort).
+pub fn remove_entry(entry: &Path) {
+    let _ = std::fs::remove_dir_all(entry).or_else(|_| std::fs::remove_file(entry));
 }
 
 /// The instruction-set extensions that change which kernels and layouts ONNX Runtime picks.
@@ -174,14 +232,27 @@ mod tests {
     }
 
     #[test]
-    fn temporary_files_are_created_in_the_directory_and_unique_to_the_entry() -> std::io::Result<()> {
+    fn temporary_entries_are_created_beside_the_entry_and_committed_only_with_a_graph() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let cache = GraphCache::new(dir.path().join("nested"));
         let entry = cache.entry(&"c".repeat(64), "build");
         let tmp = cache.temporary(&entry)?;
-        assert!(tmp.is_file());
+        assert!(tmp.is_dir());
         assert_eq!(tmp.parent(), entry.parent());
         assert_ne!(tmp, entry);
+        assert!(!cache.commit(&tmp, &entry), "no graph written: nothing to commit");
+        assert!(!tmp.exists() && !entry.exists());
+
+        let tmp = cache.temporary(&entry)?;
+        std::fs::write(GraphCache::graph(&tmp), b"graph")?;
+        std::fs::write(tmp.join(WEIGHTS_FILE), b"weights")?;
+        // A half-removed entry (no graph) in the way is replaced.
+        std::fs::create_dir(&entry)?;
+        std::fs::write(entry.join(WEIGHTS_FILE), b"stale")?;
+        assert!(cache.commit(&tmp, &entry));
+        assert!(!tmp.exists());
+        assert_eq!(std::fs::read(entry.join(WEIGHTS_FILE))?, b"weights");
+        assert!(GraphCache::graph(&entry).is_file());
         Ok(())
     }
 

@@ -92,9 +92,9 @@ async fn load_once(
 
 /// The classifier for the model file at `path` from its cached graph, when the cache remembers
 /// the file's digest and holds the entry for it; `None` otherwise (also when the file has changed
-/// since), and the caller reads and hashes the file in one pass. The file is still hashed in full
-/// and must have the remembered digest: that runs on a second thread while ONNX Runtime loads the
-/// entry on this one, and the session is used only if the digests agree.
+/// since), and the caller reads and hashes the file in one pass. A settled file
+/// ([`GraphCache::is_settled`]) is not hashed again; any other is, on a second thread while ONNX
+/// Runtime loads the entry on this one, and the session is used only if the digests agree.
 fn load_file_from_cache(
     path: &std::path::Path,
     cache: &GraphCache,
@@ -109,8 +109,17 @@ fn load_file_from_cache(
     // The entry's name holds the runtime's build: wait for the library opening meanwhile.
     crate::runtime::environment().map_err(ModelError::from)?;
     let entry = cache.entry(&guess, ort::info());
-    if !entry.is_file() {
+    if !GraphCache::graph(&entry).is_file() {
         return Ok(None);
+    }
+    if cache.is_settled(path) {
+        // Hashed in full when the note was written, and not written to since: hashing the
+        // 45 MB of width 64 again would be a third of the start (it competes with the warm-up
+        // run for the two cores). Its sidecar may have changed, so that is still checked.
+        let digest = crate::source::check_sidecar(path, guess)?;
+        return Classifier::load_cached(&entry, digest, name, label, overrides, options)
+            .map(Some)
+            .map_err(StartError::from);
     }
     let hashing = {
         let path = path.to_owned();

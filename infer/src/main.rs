@@ -196,6 +196,8 @@ fn init_tracing() {
 }
 
 fn main() -> Result<()> {
+    // SAFETY: nothing but this thread runs yet; the async runtime's workers start below.
+    unsafe { infer::runtime::disable_telemetry_by_default() };
     init_tracing();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()

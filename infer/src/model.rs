@@ -385,9 +385,9 @@ fn session_builder(source: &str, threads: usize, level: GraphOptimizationLevel) 
 
 fn load_entry(entry: &std::path::Path, source: &str, options: &LoadOptions) -> Result<Session, ModelError> {
     session_builder(source, options.threads, GraphOptimizationLevel::Disable)?
-        .commit_from_file(entry)
+        .commit_from_file(GraphCache::graph(entry))
         .map_err(|e| {
-            let _ = std::fs::remove_file(entry);
+            crate::graph_cache::remove_entry(entry);
             ModelError::BadCacheEntry {
                 entry: entry.display().to_string(),
                 reason: e.to_string(),
@@ -412,7 +412,7 @@ fn build_session(
     // Touching the runtime first also makes its build string available for the key.
     runtime::environment()?;
     let entry = cache.entry(sha256, ort::info());
-    if entry.is_file() {
+    if GraphCache::graph(&entry).is_file() {
         // Freed first: ONNX Runtime's parse of the entry is the peak of a cached start.
         drop(bytes);
         return Ok((load_entry(&entry, source, options)?, CacheOutcome::Hit));
@@ -425,14 +425,39 @@ fn build_session(
             return Ok((optimise(builder, &bytes)?, CacheOutcome::Unwritable));
         }
     };
-    let builder = builder
-        .with_optimized_model_path(&tmp)
-        .map_err(|e| load_error(source, e))?;
+    // Weights of 1 KiB and more go to their own file, which a later start maps into memory.
+    let configure = |builder: SessionBuilder| -> Result<SessionBuilder, ModelError> {
+        let err = |e: ort::Error<SessionBuilder>| load_error(source, e);
+        builder
+            .with_optimized_model_path(GraphCache::graph(&tmp))
+            .map_err(err)?
+            .with_config_entry(
+                "session.optimized_model_external_initializers_file_name",
+                crate::graph_cache::WEIGHTS_FILE,
+            )
+            .map_err(err)?
+            .with_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes",
+                "1024",
+            )
+            .map_err(err)
+    };
+    let configured = configure(builder);
+    let builder = match configured {
+        Ok(builder) => builder,
+        Err(e) => {
+            crate::graph_cache::remove_entry(&tmp);
+            return Err(e);
+        }
+    };
     let session = optimise(builder, &bytes);
-    let stored = session.is_ok() && std::fs::rename(&tmp, &entry).is_ok();
-    if !stored {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let stored = match &session {
+        Ok(_) => cache.commit(&tmp, &entry),
+        Err(_) => {
+            crate::graph_cache::remove_entry(&tmp);
+            false
+        }
+    };
     let session = session?;
     if stored {
         Ok((session, CacheOutcome::Stored))

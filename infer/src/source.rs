@@ -185,7 +185,12 @@ pub fn file_digest(path: &Path) -> Result<String, SourceError> {
             Err(e) => return Err(read_err(e)),
         }
     }
-    let actual = hex::encode(hasher.finalize());
+    check_sidecar(path, hex::encode(hasher.finalize()))
+}
+
+/// `actual`, the sha256 of the model file at `path`, checked against the file's sidecar when
+/// there is one.
+pub fn check_sidecar(path: &Path, actual: String) -> Result<String, SourceError> {
     let sidecar = sidecar_path(path);
     match std::fs::read_to_string(&sidecar) {
         Ok(text) => check_digest(

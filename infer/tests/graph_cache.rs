@@ -38,13 +38,13 @@ fn logits(classifier: &Classifier) -> Result<Vec<Vec<f32>>> {
     Ok(classifier.run(input, n)?)
 }
 
-/// The files at the top of the cache directory: graphs and any temporary file left behind (the
-/// `digests/` notes live in a subdirectory).
+/// What the top of the cache directory holds: entries and anything temporary left behind (the
+/// `digests/` notes have their own subdirectory).
 fn entries(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_type()?.is_file() {
+        if entry.file_name() != "digests" {
             found.push(entry.path());
         }
     }
@@ -86,7 +86,7 @@ fn the_first_start_stores_the_graph_and_the_next_loads_it_with_the_same_answers(
     assert_eq!(second.info().metadata, uncached.info().metadata);
 
     // A note whose entry has gone (cache cleaned by hand) only means optimising again.
-    std::fs::remove_file(&stored[0])?;
+    std::fs::remove_dir_all(&stored[0])?;
     let third = load(&model, &cached(&cache))?;
     assert_eq!(third.cache_outcome(), CacheOutcome::Stored);
     assert_eq!(logits(&third)?, want);
@@ -104,12 +104,57 @@ fn a_broken_entry_is_replaced_and_start_up_goes_on() -> Result<()> {
         .try_into()
         .map_err(|e| anyhow::anyhow!("entries {e:?}"))?;
 
-    std::fs::write(&entry, b"not an onnx graph")?;
+    let graph = GraphCache::graph(&entry);
+    std::fs::write(&graph, b"not an onnx graph")?;
     let rebuilt = load(&model, &cached(&cache))?;
     assert_eq!(rebuilt.cache_outcome(), CacheOutcome::Stored);
     assert_eq!(logits(&rebuilt)?, want);
-    ensure!(std::fs::metadata(&entry)?.len() > 100, "the entry was rewritten");
+    ensure!(std::fs::metadata(&graph)?.len() > 100, "the entry was rewritten");
     assert_eq!(load(&model, &cached(&cache))?.cache_outcome(), CacheOutcome::Hit);
+    Ok(())
+}
+
+/// 100 classes: a 1.2 KB weight matrix, over the size from which weights get their own file.
+fn wide() -> TinyModel {
+    let classes = 100;
+    TinyModel {
+        class_names: (0..classes).map(|i| format!("c{i}")).collect(),
+        weights: (0..classes)
+            .map(|i| [i as f32 / 25.0 - 2.0, (i % 7) as f32 - 3.0, 1.5])
+            .collect(),
+        bias: (0..classes).map(|i| (i % 5) as f32 * 0.1).collect(),
+        ..TinyModel::rgb(8)
+    }
+}
+
+#[test]
+fn large_weights_live_beside_the_graph_and_a_damaged_weights_file_is_rebuilt() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cache = dir.path().join("cache");
+    let model = write_with_sidecar(dir.path(), "wide.onnx", &wide().build())?;
+    let want = logits(&*load(&model, &LoadOptions::uncached(1))?)?;
+    assert_eq!(logits(&*load(&model, &cached(&cache))?)?, want);
+    let [entry] = entries(&cache)?
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("entries {e:?}"))?;
+    let weights = entry.join(infer::graph_cache::WEIGHTS_FILE);
+    ensure!(
+        std::fs::metadata(&weights)?.len() >= 1200,
+        "the weight matrix is in {}",
+        weights.display()
+    );
+    let hit = load(&model, &cached(&cache))?;
+    assert_eq!(hit.cache_outcome(), CacheOutcome::Hit);
+    assert_eq!(logits(&hit)?, want);
+    drop(hit);
+
+    // Cut short (a disk that filled up): the graph no longer loads, so it is made again.
+    let full = std::fs::read(&weights)?;
+    std::fs::write(&weights, &full[..full.len() / 2])?;
+    let rebuilt = load(&model, &cached(&cache))?;
+    assert_eq!(rebuilt.cache_outcome(), CacheOutcome::Stored);
+    assert_eq!(logits(&rebuilt)?, want);
+    assert_eq!(std::fs::read(&weights)?, full);
     Ok(())
 }
 
@@ -203,5 +248,80 @@ fn a_wrong_remembered_digest_never_serves_the_other_models_graph() -> Result<()>
     assert_eq!(logits(&again)?, want);
     assert_eq!(again.info().sha256, infer::source::sha256_hex(&a_bytes));
     assert_eq!(graphs.remembered_digest(&a), Some(infer::source::sha256_hex(&a_bytes)));
+    Ok(())
+}
+
+/// Backdates `path`'s modification time, as for a model file copied in well before the start.
+fn backdate(path: &Path, by: std::time::Duration) -> Result<std::time::SystemTime> {
+    let when = std::time::SystemTime::now() - by;
+    std::fs::File::options().write(true).open(path)?.set_modified(when)?;
+    Ok(when)
+}
+
+#[test]
+fn a_settled_file_is_not_hashed_again_but_its_sidecar_still_is() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cache = dir.path().join("cache");
+    let (a_bytes, b_bytes) = (skewed().build(), TinyModel::rgb(8).build());
+    let a = write_with_sidecar(dir.path(), "a.onnx", &a_bytes)?;
+    let b = write_with_sidecar(dir.path(), "b.onnx", &b_bytes)?;
+    backdate(&a, std::time::Duration::from_secs(60))?;
+    let want_a = logits(&*load(&a, &cached(&cache))?)?;
+    let want_b = logits(&*load(&b, &cached(&cache))?)?;
+    let graphs = GraphCache::new(&cache);
+    assert!(graphs.is_settled(&a), "modified a minute before its note");
+    assert!(!graphs.is_settled(&b), "modified in the same moment as its note");
+    let again = load(&a, &cached(&cache))?;
+    assert_eq!(again.cache_outcome(), CacheOutcome::Hit);
+    assert_eq!(logits(&again)?, want_a);
+
+    // The note is believed without reading the file: the cache directory is trusted as its
+    // graphs are (a note naming b's digest gets b's graph, once no sidecar contradicts it),
+    // which is how this test can tell.
+    let sidecar = infer::source::sidecar_path(&a);
+    let kept = std::fs::read(&sidecar)?;
+    std::fs::remove_file(&sidecar)?;
+    graphs.remember_digest(&a, &infer::source::sha256_hex(&b_bytes));
+    assert_eq!(logits(&*load(&a, &cached(&cache))?)?, want_b);
+    std::fs::write(&sidecar, kept)?;
+    match load(&a, &cached(&cache)) {
+        Err(StartError::Source(SourceError::ChecksumMismatch { .. })) => {}
+        other => anyhow::bail!("the sidecar contradicts the note: expected a mismatch, got {other:?}"),
+    }
+    // For a file that is not settled, the same note is checked against a full hash.
+    graphs.remember_digest(&b, &infer::source::sha256_hex(&a_bytes));
+    assert_eq!(logits(&*load(&b, &cached(&cache))?)?, want_b);
+
+    // With the right note, a settled file whose sidecar disagrees is refused all the same.
+    graphs.remember_digest(&a, &infer::source::sha256_hex(&a_bytes));
+    assert_eq!(logits(&*load(&a, &cached(&cache))?)?, want_a);
+    std::fs::write(&sidecar, format!("{}  a.onnx\n", "0".repeat(64)))?;
+    match load(&a, &cached(&cache)) {
+        Err(StartError::Source(SourceError::ChecksumMismatch { .. })) => Ok(()),
+        other => anyhow::bail!("expected a checksum mismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_settled_file_rewritten_in_place_is_hashed_again_even_with_its_old_modification_time() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cache = dir.path().join("cache");
+    let (a_bytes, b_bytes) = (skewed().build(), TinyModel::rgb(8).build());
+    ensure!(a_bytes.len() == b_bytes.len(), "same size, so only the times can tell");
+    let model = write_with_sidecar(dir.path(), "m.onnx", &a_bytes)?;
+    let old = backdate(&model, std::time::Duration::from_secs(60))?;
+    load(&model, &cached(&cache))?;
+    assert!(GraphCache::new(&cache).is_settled(&model));
+
+    // Same inode, same size, and the modification time put back: only the change time moved.
+    std::fs::write(&model, &b_bytes)?;
+    std::fs::write(
+        infer::source::sidecar_path(&model),
+        format!("{}  m.onnx\n", infer::source::sha256_hex(&b_bytes)),
+    )?;
+    std::fs::File::options().write(true).open(&model)?.set_modified(old)?;
+    let reloaded = load(&model, &cached(&cache))?;
+    assert_eq!(reloaded.info().sha256, infer::source::sha256_hex(&b_bytes));
+    assert_eq!(logits(&reloaded)?, logits(&*load(&model, &LoadOptions::uncached(1))?)?);
     Ok(())
 }

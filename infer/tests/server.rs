@@ -264,6 +264,48 @@ fn predict_classifies_files_offline() -> Result<()> {
     Ok(())
 }
 
+/// ONNX Runtime 1.31 keeps a telemetry device id and event database under the home directory
+/// unless told not to; `infer` tells it not to. CI variables would also silence it, so they
+/// are removed for the child.
+#[test]
+fn a_start_leaves_nothing_of_onnx_runtime_telemetry_in_the_home_directory() -> Result<()> {
+    let (dir, model) = model_dir()?;
+    let image = dir.path().join("red.png");
+    std::fs::write(&image, solid([240, 20, 20], 8, 8, ImageFormat::Png))?;
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home)?;
+    let mut command = Command::new(infer_bin());
+    command
+        .arg("predict")
+        .arg(&image)
+        .arg("--model")
+        .arg(&model)
+        .arg("--no-cache")
+        .env("HOME", &home)
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove(infer::runtime::TELEMETRY_VARIABLE);
+    for ci in ["CI", "GITHUB_ACTIONS", "TF_BUILD", "GITLAB_CI", "CIRCLECI"] {
+        command.env_remove(ci);
+    }
+    let output = command.output()?;
+    ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let left: Vec<_> = walk(&home)?;
+    assert!(left.is_empty(), "the start wrote {left:?}");
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            found.extend(walk(&path)?);
+        }
+        found.push(path);
+    }
+    Ok(found)
+}
+
 #[test]
 fn a_second_start_loads_the_optimised_graph_from_the_cache_dir() -> Result<()> {
     let (dir, model) = model_dir()?;
