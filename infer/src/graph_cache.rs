@@ -92,7 +92,10 @@ impl GraphCache {
             remove_entry(entry);
         }
         let moved = Self::graph(tmp).is_file() && std::fs::rename(tmp, entry).is_ok();
-        if !moved {
+        if moved {
+            // The single-file entry that builds before 2026-11-26 kept under this name.
+            remove_entry(&entry.with_extension("optimized.onnx"));
+        } else {
             remove_entry(tmp);
         }
         moved
@@ -246,11 +249,15 @@ mod tests {
         let tmp = cache.temporary(&entry)?;
         std::fs::write(GraphCache::graph(&tmp), b"graph")?;
         std::fs::write(tmp.join(WEIGHTS_FILE), b"weights")?;
-        // A half-removed entry (no graph) in the way is replaced.
+        // A half-removed entry (no graph) in the way is replaced, and the same model's entry in
+        // the old single-file layout goes.
         std::fs::create_dir(&entry)?;
         std::fs::write(entry.join(WEIGHTS_FILE), b"stale")?;
+        let legacy = PathBuf::from(format!("{}.onnx", entry.display()));
+        std::fs::write(&legacy, b"old layout")?;
         assert!(cache.commit(&tmp, &entry));
         assert!(!tmp.exists());
+        assert!(!legacy.exists(), "{} removed", legacy.display());
         assert_eq!(std::fs::read(entry.join(WEIGHTS_FILE))?, b"weights");
         assert!(GraphCache::graph(&entry).is_file());
         Ok(())
