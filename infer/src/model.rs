@@ -442,14 +442,7 @@ fn build_session(
             )
             .map_err(err)
     };
-    let configured = configure(builder);
-    let builder = match configured {
-        Ok(builder) => builder,
-        Err(e) => {
-            crate::graph_cache::remove_entry(&tmp);
-            return Err(e);
-        }
-    };
+    let builder = configure(builder).inspect_err(|_| crate::graph_cache::remove_entry(&tmp))?;
     let session = optimise(builder, &bytes);
     let stored = match &session {
         Ok(_) => cache.commit(&tmp, &entry),
