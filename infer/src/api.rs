@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::batch::Engine;
@@ -35,6 +36,10 @@ pub struct Limits {
     /// Images in one request.
     pub max_images: usize,
     pub decode: DecodeLimits,
+    /// Images decoded at once across all requests. Each decode may hold up to
+    /// `decode.max_alloc` bytes, so this, not the number of connections, bounds decoding memory;
+    /// decoding is CPU-bound, so more than one per CPU adds memory and no throughput.
+    pub max_decoding: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +48,7 @@ impl Default for Limits {
             max_body: DEFAULT_MAX_BODY,
             max_images: 32,
             decode: DecodeLimits::default(),
+            max_decoding: crate::model::default_threads(),
         }
     }
 }
@@ -53,6 +59,8 @@ pub struct AppState {
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// `limits.max_decoding` permits; a request holds one while its images are decoded.
+    pub decoding: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -403,7 +411,14 @@ async fn predict(State(state): State<Shared>, req: Request) -> Result<Json<Predi
     let norm = Normalisation::from_info(info);
     let decode_limits = state.limits.decode;
     let batch = images.len() > 1;
+    // Owned and moved into the task: a client that hangs up must not free the slot while the
+    // decode it started still holds its memory.
+    let permit = Arc::clone(&state.decoding)
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(format!("the decoding limit is closed: {e}")))?;
     let input = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut input = Vec::with_capacity(images.len() * 3 * (norm.height * norm.width) as usize);
         for (i, bytes) in images.iter().enumerate() {
             preprocess_into(bytes, &decode_limits, &norm, &mut input)

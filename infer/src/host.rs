@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::api::{AppState, Limits, router};
 use crate::batch::{BatchConfig, Engine};
@@ -147,6 +148,7 @@ pub fn app(classifier: Arc<Classifier>, batching: BatchConfig, limits: Limits) -
         engine,
         metrics,
         limits,
+        decoding: Arc::new(Semaphore::new(limits.max_decoding.max(1))),
     }))
 }
 

@@ -84,6 +84,10 @@ struct ServeArgs {
     /// Largest image side in pixels accepted by the decoder.
     #[arg(long, env = "INFER_MAX_SIDE", default_value_t = 8192)]
     max_side: u32,
+    /// Images decoded at once across all requests (each may take up to 64 MiB while it is
+    /// decoded) [default: the CPUs available].
+    #[arg(long, env = "INFER_MAX_DECODING")]
+    max_decoding: Option<usize>,
     /// Images per model run when micro-batching; 1 turns micro-batching off.
     #[arg(long, env = "INFER_MAX_BATCH", default_value_t = infer::batch::DEFAULT_MAX_BATCH)]
     max_batch: usize,
@@ -257,6 +261,7 @@ impl ServeArgs {
                 max_height: self.max_side,
                 ..DecodeLimits::default()
             },
+            max_decoding: self.max_decoding.unwrap_or_else(infer::model::default_threads).max(1),
         }
     }
 }

@@ -103,7 +103,7 @@ impl LoadOptions {
     }
 }
 
-/// Intra-op threads: all the CPUs this process may use.
+/// The CPUs this process may use: the default for intra-op threads and for images decoded at once.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

@@ -308,6 +308,7 @@ async fn body_and_pixel_limits_give_413() -> Result<()> {
                 max_height: 64,
                 ..DecodeLimits::default()
             },
+            ..Limits::default()
         },
         BatchConfig::default(),
     )?;

@@ -344,3 +344,60 @@ fn a_second_start_loads_the_optimised_graph_from_the_cache_dir() -> Result<()> {
     assert_eq!(off.stdout, first.stdout);
     Ok(())
 }
+
+fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .context("VmHWM in /proc/PID/status")?
+        .trim()
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+#[test]
+fn concurrent_large_images_are_decoded_a_few_at_a_time() -> Result<()> {
+    // Each 1536x1536 image decodes to 6.75 MiB of RGB from a JPEG of a few KiB, and decoding
+    // one takes about 2.5 times that (the decoder's planes too): six at once grow the peak by
+    // ~7x, one at a time by ~2.5x. (Small enough for the unoptimised test build of the resize.)
+    const SIDE: u32 = 1536;
+    const CLIENTS: usize = 6;
+    let decoded = u64::from(SIDE * SIDE * 3);
+    let jpeg = solid([10, 240, 10], SIDE, SIDE, ImageFormat::Jpeg);
+    let (_dir, model) = model_dir()?;
+    let server = start(&model, &["--max-decoding", "1"])?;
+    let url = format!("http://{}/v1/predict", server.addr);
+    ureq::post(&url)
+        .header("Content-Type", "image/png")
+        .send(&solid([0, 0, 250], 8, 8, ImageFormat::Png)[..])?;
+    let before = peak_rss_bytes(server.child.id())?;
+
+    let labels = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                scope.spawn(|| -> Result<String> {
+                    let reply: Value = ureq::post(&url)
+                        .header("Content-Type", "image/jpeg")
+                        .send(&jpeg[..])?
+                        .body_mut()
+                        .read_json()?;
+                    Ok(reply["predictions"][0]["label"].to_string())
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| c.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?)
+            .collect::<Result<Vec<_>>>()
+    })?;
+    assert!(labels.iter().all(|l| l == "\"green\""), "{labels:?}");
+    let grown = peak_rss_bytes(server.child.id())?.saturating_sub(before);
+    assert!(
+        grown < 4 * decoded,
+        "peak RSS grew by {grown} bytes for {CLIENTS} concurrent {SIDE}x{SIDE} images, limit {}",
+        4 * decoded
+    );
+    Ok(())
+}
