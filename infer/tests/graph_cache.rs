@@ -19,6 +19,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn cached(dir: &Path) -> LoadOptions {
     LoadOptions {
         threads: 1,
+        spinning: true,
         cache: Some(GraphCache::new(dir)),
     }
 }

@@ -367,7 +367,7 @@ fn concurrent_large_images_are_decoded_a_few_at_a_time() -> Result<()> {
     let decoded = u64::from(SIDE * SIDE * 3);
     let jpeg = solid([10, 240, 10], SIDE, SIDE, ImageFormat::Jpeg);
     let (_dir, model) = model_dir()?;
-    let server = start(&model, &["--max-decoding", "1"])?;
+    let server = start(&model, &["--max-decoding", "1", "--intra-op-spinning", "false"])?;
     let url = format!("http://{}/v1/predict", server.addr);
     ureq::post(&url)
         .header("Content-Type", "image/png")
