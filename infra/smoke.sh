@@ -5,7 +5,9 @@
 #   infra/smoke.sh ENDPOINT_URL [AUTH_MODE]
 #
 # AUTH_MODE is the stack's AuthMode: NONE (default), AWS_IAM (signs with the AWS credentials in
-# the environment), or API_KEY (sends $API_KEY as x-api-key).
+# the environment), or API_KEY (sends $API_KEY as x-api-key). With EXPECTED_SHA256 set, it first
+# checks that the endpoint serves that model (`GET /v1/model`): a release whose new model never
+# reached the function fails here even when the old model labels the images right.
 set -euo pipefail
 
 url="${1:?usage: infra/smoke.sh ENDPOINT_URL [NONE|AWS_IAM|API_KEY]}"
@@ -27,6 +29,17 @@ case "$auth" in
   API_KEY) auth_args=(-H "x-api-key: ${API_KEY:?API_KEY must hold the key value}") ;;
   *) echo "unknown auth mode ${auth}" >&2; exit 2 ;;
 esac
+
+if [[ -n "${EXPECTED_SHA256:-}" ]]; then
+  model="$(curl --silent --show-error --fail-with-body --max-time 30 --retry 2 --retry-all-errors \
+    "${auth_args[@]}" "${url%/}/v1/model")"
+  served="$(jq -er '.sha256' <<<"$model")"
+  if [[ "$served" != "$EXPECTED_SHA256" ]]; then
+    echo "smoke: the endpoint serves the model with sha256 ${served}, expected ${EXPECTED_SHA256}" >&2
+    exit 1
+  fi
+  echo "smoke: serving the expected model (sha256 ${served})"
+fi
 
 total=0
 correct=0
