@@ -1,0 +1,268 @@
+//! `/v1/predict` (and `/predict`, the FastAPI clients' path): images in any of four forms
+//! (raw body, multipart, JSON base64, a JSON batch), top-k classes out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, Shared, media_type, read_body, too_many_images};
+use crate::model::{Scored, top_k};
+use crate::preprocess::{Normalisation, preprocess_into};
+
+#[derive(Debug, Deserialize)]
+struct PredictQuery {
+    top_k: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictJson {
+    image: Option<String>,
+    images: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Prediction {
+    pub label: String,
+    pub class_id: usize,
+    pub probability: f32,
+    pub top_k: Vec<Scored>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Timing {
+    /// Reading the body, decoding and preprocessing.
+    pub preprocess_ms: f64,
+    /// Queueing for and running the model.
+    pub inference_ms: f64,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PredictResponse {
+    pub model: ModelRef,
+    pub predictions: Vec<Prediction>,
+    pub timing: Timing,
+}
+
+const DEFAULT_TOP_K: usize = 5;
+
+fn parse_top_k(raw: Option<&str>, classes: usize) -> Result<usize, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_TOP_K.min(classes));
+    };
+    match raw.trim().parse::<usize>() {
+        Ok(0) => Err(ApiError::unprocessable("top_k must be at least 1")),
+        // Asking for more classes than exist gives them all.
+        Ok(k) => Ok(k.min(classes)),
+        Err(_) => Err(ApiError::unprocessable(format!(
+            "top_k must be a positive integer, got {raw:?}"
+        ))),
+    }
+}
+
+fn base64_engine() -> base64::engine::GeneralPurpose {
+    base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    )
+}
+
+/// Decodes base64, with or without padding, tolerating a `data:image/...;base64,` prefix.
+fn decode_base64(text: &str, which: &str) -> Result<Vec<u8>, ApiError> {
+    let payload = match text.split_once(";base64,") {
+        Some((prefix, rest)) if prefix.starts_with("data:") => rest,
+        _ => text,
+    };
+    let compact: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64_engine()
+        .decode(compact.as_bytes())
+        .map_err(|e| ApiError::bad_request("bad_base64", format!("{which} is not valid base64: {e}")))
+}
+
+/// The images of a prediction request, by its Content-Type.
+async fn images_from_request(req: Request, state: &Shared) -> Result<Vec<Bytes>, ApiError> {
+    let media = media_type(&req);
+    let images = match media.as_deref() {
+        Some("multipart/form-data") => {
+            let mut form = Multipart::from_request(req, &())
+                .await
+                .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
+            let mut files = Vec::new();
+            loop {
+                let field = form.next_field().await.map_err(|e| multipart_error(&e, state))?;
+                let Some(field) = field else { break };
+                if field.name() == Some("file") || field.name() == Some("files") {
+                    files.push(field.bytes().await.map_err(|e| multipart_error(&e, state))?);
+                    if files.len() > state.limits.max_images {
+                        return Err(too_many_images(state));
+                    }
+                }
+            }
+            if files.is_empty() {
+                return Err(ApiError::unprocessable("the multipart form has no `file` field"));
+            }
+            files
+        }
+        Some(m) if m == "application/json" || m.ends_with("+json") => {
+            let body = read_body(req, state).await?;
+            let parsed: PredictJson = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request("bad_json", format!("the JSON body is invalid: {e}")))?;
+            match (parsed.image, parsed.images) {
+                (Some(one), None) => vec![Bytes::from(decode_base64(&one, "`image`")?)],
+                (None, Some(many)) => {
+                    if many.is_empty() {
+                        return Err(ApiError::unprocessable("`images` is empty"));
+                    }
+                    if many.len() > state.limits.max_images {
+                        return Err(too_many_images(state));
+                    }
+                    many.iter()
+                        .enumerate()
+                        .map(|(i, text)| decode_base64(text, &format!("`images[{i}]`")).map(Bytes::from))
+                        .collect::<Result<_, _>>()?
+                }
+                (Some(_), Some(_)) => return Err(ApiError::unprocessable("give `image` or `images`, not both")),
+                (None, None) => {
+                    return Err(ApiError::unprocessable(
+                        "the JSON body needs `image` (base64) or `images` (a list of base64)",
+                    ));
+                }
+            }
+        }
+        Some(m) if m == "application/octet-stream" || m.starts_with("image/") => vec![read_body(req, state).await?],
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "Content-Type {other:?} is not accepted: send the image as image/* or application/octet-stream, multipart/form-data field `file`, or JSON {{\"image\": \"<base64>\"}}"
+                ),
+            ));
+        }
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the request has no Content-Type: use image/*, application/octet-stream, multipart/form-data or application/json",
+            ));
+        }
+    };
+    Ok(images)
+}
+
+fn multipart_error(err: &axum::extract::multipart::MultipartError, state: &Shared) -> ApiError {
+    if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(state.limits.max_body)
+    } else {
+        ApiError::bad_request(
+            "bad_multipart",
+            format!("reading the multipart form: {}", err.body_text()),
+        )
+    }
+}
+
+pub(super) async fn predict(State(state): State<Shared>, req: Request) -> Result<Json<PredictResponse>, ApiError> {
+    let start = Instant::now();
+    let info = state.info();
+    let query = Query::<PredictQuery>::try_from_uri(req.uri())
+        .map_err(|e| ApiError::unprocessable(format!("bad query string: {}", e.body_text())))?;
+    let k = parse_top_k(query.top_k.as_deref(), info.num_classes())?;
+    let images = images_from_request(req, &state).await?;
+    let count = images.len();
+    let norm = Normalisation::from_info(info);
+    let decode_limits = state.limits.decode;
+    let batch = images.len() > 1;
+    // Owned and moved into the task: a client that hangs up must not free the slot while the
+    // decode it started still holds its memory.
+    let permit = Arc::clone(&state.decoding)
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(format!("the decoding limit is closed: {e}")))?;
+    let input = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut input = Vec::with_capacity(images.len() * 3 * (norm.height * norm.width) as usize);
+        for (i, bytes) in images.iter().enumerate() {
+            preprocess_into(bytes, &decode_limits, &norm, &mut input)
+                .map_err(|e| ApiError::from_preprocess(e, batch.then_some(i)))?;
+        }
+        Ok::<_, ApiError>(input)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the preprocessing task failed: {e}")))??;
+    let preprocessed = Instant::now();
+    let logits = state.engine.infer(input, count).await.map_err(|e| {
+        tracing::error!("inference failed: {e}");
+        ApiError::internal(e.to_string())
+    })?;
+    let inferred = Instant::now();
+    let predictions = logits
+        .iter()
+        .map(|l| {
+            let top = top_k(l, &info.class_names, k);
+            let best = top.first().cloned().unwrap_or(Scored {
+                label: String::new(),
+                class_id: 0,
+                probability: 0.0,
+            });
+            Prediction {
+                label: best.label,
+                class_id: best.class_id,
+                probability: best.probability,
+                top_k: top,
+            }
+        })
+        .collect();
+    let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    Ok(Json(PredictResponse {
+        model: ModelRef {
+            name: info.name.clone(),
+            version: info.version.clone(),
+        },
+        predictions,
+        timing: Timing {
+            preprocess_ms: ms(preprocessed - start),
+            inference_ms: ms(inferred - preprocessed),
+            total_ms: ms(start.elapsed()),
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_defaults_clamps_and_rejects() {
+        assert_eq!(parse_top_k(None, 10), Ok(5));
+        assert_eq!(parse_top_k(None, 3), Ok(3));
+        assert_eq!(parse_top_k(Some("20"), 10), Ok(10));
+        assert_eq!(parse_top_k(Some("1"), 10), Ok(1));
+        assert!(parse_top_k(Some("0"), 10).is_err());
+        assert!(parse_top_k(Some("-1"), 10).is_err());
+        assert!(parse_top_k(Some("x"), 10).is_err());
+    }
+
+    #[test]
+    fn base64_with_or_without_padding_and_data_url() -> Result<(), ApiError> {
+        assert_eq!(decode_base64("aGk=", "x")?, b"hi");
+        assert_eq!(decode_base64("aGk", "x")?, b"hi");
+        assert_eq!(decode_base64("data:image/png;base64,aGk=", "x")?, b"hi");
+        assert_eq!(decode_base64("aG\nk=", "x")?, b"hi");
+        assert_eq!(decode_base64("a$b", "x").map_err(|e| e.code), Err("bad_base64"));
+        Ok(())
+    }
+}
