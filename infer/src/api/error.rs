@@ -1,5 +1,7 @@
 //! Error replies: each error class is a status and a stable `code`, answered as JSON
-//! `{"error": {"code", "message"}}`.
+//! `{"error": {"code", "message"}}`, or, on the Open Inference Protocol's routes, as that
+//! protocol's `{"error": "<message>"}` ([`V2Error`]). A 500 never carries the internal cause: that
+//! goes to the log under the request id, and the reply names the id.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -56,8 +58,40 @@ impl ApiError {
         }
     }
 
-    pub(super) fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    /// Logs `cause` with the request id and answers a generic message naming the id: the cause
+    /// may hold paths, library internals or other requests' details, none of the client's business.
+    pub(super) fn internal(id: &RequestId, cause: impl std::fmt::Display) -> Self {
+        tracing::error!(request_id = %id.0, "internal error: {cause}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!(
+                "internal error; the server's log has the cause under request id {}",
+                id.0
+            ),
+        )
+    }
+}
+
+/// The request's id (Lambda's, the client's `x-request-id`, or a new one), set on every request
+/// by the router's middleware.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// An [`ApiError`] answered in the Open Inference Protocol's shape, `{"error": "<message>"}`,
+/// which its clients (`tritonclient`, KServe's) parse; the status is the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V2Error(pub ApiError);
+
+impl From<ApiError> for V2Error {
+    fn from(err: ApiError) -> Self {
+        Self(err)
+    }
+}
+
+impl IntoResponse for V2Error {
+    fn into_response(self) -> Response {
+        (self.0.status, Json(json!({"error": self.0.message}))).into_response()
     }
 }
 

@@ -1,9 +1,13 @@
-//! The HTTP API, one axum router for every host: the prediction routes (`/v1/predict`, and
-//! `/predict` for the FastAPI clients; [`v1`]), the KServe V2 / Open Inference Protocol subset
-//! ([`v2`]), health, model metadata, Prometheus metrics and the OpenAPI document. Every error is
-//! JSON `{"error": {"code", "message"}}` with the status that names its class ([`error`]).
+//! The HTTP API, one axum router for every host: the page for people at `/` (`page`), the
+//! prediction routes (`/v1/predict`, and `/predict` for the FastAPI clients; `v1`), the
+//! KServe V2 / Open Inference Protocol (`v2`), health, model metadata, Prometheus metrics and
+//! the OpenAPI document. Every error is JSON `{"error": {"code", "message"}}` with the status that
+//! names its class, except on `/v2`, which answers its protocol's `{"error": "<message>"}`
+//! (`error`). The routes live in one table ([`routes`]).
 
 mod error;
+pub mod openapi;
+mod page;
 mod v1;
 mod v2;
 
@@ -13,11 +17,13 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
+use image::RgbImage;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -25,10 +31,11 @@ use tracing::Instrument;
 use crate::batch::Engine;
 use crate::metrics::Metrics;
 use crate::model::ModelInfo;
-use crate::preprocess::DecodeLimits;
+use crate::preprocess::{DecodeLimits, Normalisation, preprocess_seen};
 
-pub use error::ApiError;
-pub use v1::{ModelRef, Prediction, PredictResponse, Timing};
+pub use error::{ApiError, RequestId, V2Error};
+pub use v1::{ModelRef, PredictResponse, Prediction, Timing};
+pub use v2::{EXTENSIONS, image_input_name};
 
 /// Lambda's synchronous invocation payload limit (6 MB).
 pub const DEFAULT_MAX_BODY: usize = 6 * 1024 * 1024;
@@ -76,23 +83,88 @@ impl AppState {
 
 type Shared = Arc<AppState>;
 
+/// An HTTP method a route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+}
+
+impl Verb {
+    /// Lower case, as OpenAPI's path items name operations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Post => "post",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Self::Get => MethodFilter::GET,
+            Self::Post => MethodFilter::POST,
+        }
+    }
+}
+
+/// One route of the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub verb: Verb,
+    /// In axum's syntax, which is also OpenAPI's: `/v2/models/{name}`.
+    pub path: &'static str,
+}
+
+fn at<H, T>(verb: Verb, path: &'static str, handler: H) -> (Route, MethodRouter<Shared>)
+where
+    H: Handler<T, Shared>,
+    T: 'static,
+{
+    (Route { verb, path }, on(verb.filter(), handler))
+}
+
+/// The one table of routes: the router is built from it, and the tests hold the OpenAPI document
+/// to it in both directions.
+fn table() -> Vec<(Route, MethodRouter<Shared>)> {
+    use Verb::{Get, Post};
+    vec![
+        at(Get, "/", page::page),
+        at(Post, "/v1/predict", v1::predict),
+        at(Post, "/predict", v1::predict),
+        at(Get, "/v1/model", model_info),
+        at(Get, "/healthz", healthz),
+        at(Get, "/readyz", readyz),
+        at(Get, "/metrics", metrics),
+        at(Get, "/openapi.json", openapi_document),
+        at(Get, "/v2", v2::server),
+        at(Get, "/v2/health/live", v2::live),
+        at(Get, "/v2/health/ready", v2::ready),
+        at(Get, "/v2/models/{name}", v2::model),
+        at(Get, "/v2/models/{name}/ready", v2::model_ready),
+        at(Post, "/v2/models/{name}/infer", v2::infer),
+        at(Get, "/v2/models/{name}/versions/{version}", v2::model_version),
+        at(
+            Get,
+            "/v2/models/{name}/versions/{version}/ready",
+            v2::model_version_ready,
+        ),
+        at(Post, "/v2/models/{name}/versions/{version}/infer", v2::infer_version),
+    ]
+}
+
+/// Every route the router serves.
+pub fn routes() -> Vec<Route> {
+    table().into_iter().map(|(route, _)| route).collect()
+}
+
 /// The router with every route, error class, metrics and request-id logging.
 pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.limits.max_body;
-    Router::new()
-        .route("/v1/predict", post(v1::predict))
-        .route("/predict", post(v1::predict))
-        .route("/v1/model", get(model_info))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
-        .route("/v2", get(v2::v2_server))
-        .route("/v2/health/live", get(v2::v2_live))
-        .route("/v2/health/ready", get(v2::v2_ready))
-        .route("/v2/models/{name}", get(v2::v2_model))
-        .route("/v2/models/{name}/ready", get(v2::v2_model_ready))
-        .route("/v2/models/{name}/infer", post(v2::v2_infer))
+    let mut router = Router::new();
+    for (route, handler) in table() {
+        router = router.route(route.path, handler);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -118,7 +190,7 @@ fn request_id(req: &Request) -> String {
 }
 
 /// Request id span around every log line, `x-request-id` on the reply, metrics.
-async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Response {
+async fn observe(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let id = request_id(&req);
     let method = req.method().clone();
@@ -127,6 +199,7 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let span = tracing::info_span!("request", id = %id, method = %method, path = %req.uri().path());
+    req.extensions_mut().insert(RequestId(id.clone()));
     let mut response = next.run(req).instrument(span.clone()).await;
     let elapsed = start.elapsed();
     let status = response.status();
@@ -142,20 +215,36 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
     response
 }
 
-async fn not_found(req: Request) -> ApiError {
-    ApiError::new(
+/// The Open Inference Protocol's clients parse its own error shape on every `/v2` path.
+fn is_v2(req: &Request) -> bool {
+    let path = req.uri().path();
+    path == "/v2" || path.starts_with("/v2/")
+}
+
+fn error_reply(req: &Request, err: ApiError) -> Response {
+    if is_v2(req) {
+        V2Error(err).into_response()
+    } else {
+        err.into_response()
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    let err = ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
         format!("no route {} {}; see /openapi.json", req.method(), req.uri().path()),
-    )
+    );
+    error_reply(&req, err)
 }
 
-async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError::new(
+async fn method_not_allowed(req: Request) -> Response {
+    let err = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!("{} is not allowed on {}", req.method(), req.uri().path()),
-    )
+    );
+    error_reply(&req, err)
 }
 
 /// `multipart/form-data` → `"multipart/form-data"`: the media type without parameters, lower case.
@@ -176,7 +265,6 @@ async fn read_body(req: Request, state: &Shared) -> Result<Bytes, ApiError> {
     })
 }
 
-
 fn too_many_images(state: &Shared) -> ApiError {
     ApiError::unprocessable(format!(
         "too many images: at most {} per request",
@@ -184,6 +272,49 @@ fn too_many_images(state: &Shared) -> ApiError {
     ))
 }
 
+/// Decodes and normalises encoded images on a blocking thread, under the decoding limit; with
+/// `keep_input`, also returns each image as the model sees it (resized RGB). Errors name the
+/// image by its index when there is more than one.
+async fn preprocess_images(
+    state: &Shared,
+    id: &RequestId,
+    images: Vec<Bytes>,
+    keep_input: bool,
+) -> Result<(Vec<f32>, Vec<RgbImage>), ApiError> {
+    let norm = Normalisation::from_info(state.info());
+    let decode_limits = state.limits.decode;
+    let batch = images.len() > 1;
+    // Owned and moved into the task: a client that hangs up must not free the slot while the
+    // decode it started still holds its memory.
+    let permit = Arc::clone(&state.decoding)
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(id, format!("the decoding limit is closed: {e}")))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut input = Vec::with_capacity(images.len() * 3 * (norm.height * norm.width) as usize);
+        let mut seen = Vec::new();
+        for (i, bytes) in images.iter().enumerate() {
+            let image = preprocess_seen(bytes, &decode_limits, &norm, &mut input)
+                .map_err(|e| ApiError::from_preprocess(e, batch.then_some(i)))?;
+            if keep_input {
+                seen.push(image);
+            }
+        }
+        Ok::<_, ApiError>((input, seen))
+    })
+    .await
+    .map_err(|e| ApiError::internal(id, format!("the preprocessing task failed: {e}")))?
+}
+
+/// Logits for `n` preprocessed images; a failure is an internal error.
+async fn run_model(state: &Shared, id: &RequestId, input: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>, ApiError> {
+    state
+        .engine
+        .infer(input, n)
+        .await
+        .map_err(|e| ApiError::internal(id, format!("inference failed: {e}")))
+}
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -219,6 +350,6 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-async fn openapi(State(state): State<Shared>) -> Json<Value> {
-    Json(crate::openapi::document(state.info()))
+async fn openapi_document(State(state): State<Shared>) -> Json<Value> {
+    Json(openapi::document(state.info()))
 }

@@ -1,23 +1,24 @@
 //! `/v1/predict` (and `/predict`, the FastAPI clients' path): images in any of four forms
 //! (raw body, multipart, JSON base64, a JSON batch), top-k classes out.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use base64::Engine as _;
+use image::{ImageFormat, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, Shared, media_type, read_body, too_many_images};
+use super::{ApiError, RequestId, Shared, media_type, preprocess_images, read_body, run_model, too_many_images};
 use crate::model::{Scored, top_k};
-use crate::preprocess::{Normalisation, preprocess_into};
 
 #[derive(Debug, Deserialize)]
 struct PredictQuery {
     top_k: Option<String>,
+    /// Also answer each image as the model saw it (resized to its input), as a PNG data URL.
+    input_image: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +34,9 @@ pub struct Prediction {
     pub class_id: usize,
     pub probability: f32,
     pub top_k: Vec<Scored>,
+    /// With `?input_image=true`: the image resized to the model's input, a PNG data URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_image: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,7 +86,7 @@ fn base64_engine() -> base64::engine::GeneralPurpose {
 }
 
 /// Decodes base64, with or without padding, tolerating a `data:image/...;base64,` prefix.
-fn decode_base64(text: &str, which: &str) -> Result<Vec<u8>, ApiError> {
+pub(super) fn decode_base64(text: &str, which: &str) -> Result<Vec<u8>, ApiError> {
     let payload = match text.split_once(";base64,") {
         Some((prefix, rest)) if prefix.starts_with("data:") => rest,
         _ => text,
@@ -175,40 +179,24 @@ fn multipart_error(err: &axum::extract::multipart::MultipartError, state: &Share
     }
 }
 
-pub(super) async fn predict(State(state): State<Shared>, req: Request) -> Result<Json<PredictResponse>, ApiError> {
+pub(super) async fn predict(
+    State(state): State<Shared>,
+    Extension(id): Extension<RequestId>,
+    req: Request,
+) -> Result<Json<PredictResponse>, ApiError> {
     let start = Instant::now();
     let info = state.info();
     let query = Query::<PredictQuery>::try_from_uri(req.uri())
         .map_err(|e| ApiError::unprocessable(format!("bad query string: {}", e.body_text())))?;
     let k = parse_top_k(query.top_k.as_deref(), info.num_classes())?;
+    let keep_input = parse_flag("input_image", query.input_image.as_deref())?;
     let images = images_from_request(req, &state).await?;
     let count = images.len();
-    let norm = Normalisation::from_info(info);
-    let decode_limits = state.limits.decode;
-    let batch = images.len() > 1;
-    // Owned and moved into the task: a client that hangs up must not free the slot while the
-    // decode it started still holds its memory.
-    let permit = Arc::clone(&state.decoding)
-        .acquire_owned()
-        .await
-        .map_err(|e| ApiError::internal(format!("the decoding limit is closed: {e}")))?;
-    let input = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut input = Vec::with_capacity(images.len() * 3 * (norm.height * norm.width) as usize);
-        for (i, bytes) in images.iter().enumerate() {
-            preprocess_into(bytes, &decode_limits, &norm, &mut input)
-                .map_err(|e| ApiError::from_preprocess(e, batch.then_some(i)))?;
-        }
-        Ok::<_, ApiError>(input)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the preprocessing task failed: {e}")))??;
+    let (input, seen) = preprocess_images(&state, &id, images, keep_input).await?;
     let preprocessed = Instant::now();
-    let logits = state.engine.infer(input, count).await.map_err(|e| {
-        tracing::error!("inference failed: {e}");
-        ApiError::internal(e.to_string())
-    })?;
+    let logits = run_model(&state, &id, input, count).await?;
     let inferred = Instant::now();
+    let mut seen = seen.iter().map(|image| png_data_url(image, &id));
     let predictions = logits
         .iter()
         .map(|l| {
@@ -218,14 +206,15 @@ pub(super) async fn predict(State(state): State<Shared>, req: Request) -> Result
                 class_id: 0,
                 probability: 0.0,
             });
-            Prediction {
+            Ok(Prediction {
                 label: best.label,
                 class_id: best.class_id,
                 probability: best.probability,
                 top_k: top,
-            }
+                input_image: seen.next().transpose()?,
+            })
         })
-        .collect();
+        .collect::<Result<_, ApiError>>()?;
     let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     Ok(Json(PredictResponse {
         model: ModelRef {
@@ -241,6 +230,29 @@ pub(super) async fn predict(State(state): State<Shared>, req: Request) -> Result
     }))
 }
 
+/// `true`/`1` or `false`/`0`; absent is false.
+fn parse_flag(name: &str, raw: Option<&str>) -> Result<bool, ApiError> {
+    match raw.map(str::trim) {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1" | "") => Ok(true),
+        Some(other) => Err(ApiError::unprocessable(format!(
+            "{name} must be true or false, got {other:?}"
+        ))),
+    }
+}
+
+/// The image the model saw, as a `data:image/png;base64,...` URL a page can show directly.
+fn png_data_url(image: &RgbImage, id: &RequestId) -> Result<String, ApiError> {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut png, ImageFormat::Png)
+        .map_err(|e| ApiError::internal(id, format!("encoding the input image as PNG: {e}")))?;
+    Ok(format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png.into_inner())
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +266,15 @@ mod tests {
         assert!(parse_top_k(Some("0"), 10).is_err());
         assert!(parse_top_k(Some("-1"), 10).is_err());
         assert!(parse_top_k(Some("x"), 10).is_err());
+    }
+
+    #[test]
+    fn flags_are_true_false_or_an_error() {
+        assert_eq!(parse_flag("f", None), Ok(false));
+        assert_eq!(parse_flag("f", Some("0")), Ok(false));
+        assert_eq!(parse_flag("f", Some("true")), Ok(true));
+        assert_eq!(parse_flag("f", Some("1")), Ok(true));
+        assert!(parse_flag("f", Some("yes")).is_err());
     }
 
     #[test]
