@@ -57,6 +57,7 @@ pub fn prepare(needs: Needs) -> Result<Env> {
         relink(&venv, &link.join("tools"))?;
         tools_dir = Some(venv);
         tools::rust_target("aarch64-unknown-linux-gnu")?;
+        tools::chromium()?;
     }
     eprintln!(
         "xtask: set-up ready in {:.1?} (cache {})",
