@@ -147,10 +147,10 @@ struct RequestedOutput {
     parameters: Map<String, Value>,
 }
 
-/// A boolean parameter; absent is false.
-fn flag(parameters: &Map<String, Value>, key: &str) -> Result<bool, ApiError> {
+/// A boolean parameter; `default` when absent.
+fn flag(parameters: &Map<String, Value>, key: &str, default: bool) -> Result<bool, ApiError> {
     match parameters.get(key) {
-        None => Ok(false),
+        None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
         Some(other) => Err(ApiError::unprocessable(format!(
             "parameter {key:?} must be a boolean, got {other}"
@@ -273,9 +273,11 @@ struct OutputSpec {
 }
 
 fn output_specs(info: &ModelInfo, request: &InferRequest) -> Result<Vec<OutputSpec>, ApiError> {
+    // The request-wide default, which an output's own `binary_data` overrides.
+    let binary_default = flag(&request.parameters, "binary_data_output", false)?;
     let Some(outputs) = request.outputs.as_ref().filter(|o| !o.is_empty()) else {
         return Ok(vec![OutputSpec {
-            binary: flag(&request.parameters, "binary_data_output")?,
+            binary: binary_default,
             classes: None,
         }]);
     };
@@ -301,7 +303,7 @@ fn output_specs(info: &ModelInfo, request: &InferRequest) -> Result<Vec<OutputSp
                 },
             };
             Ok(OutputSpec {
-                binary: flag(&output.parameters, "binary_data")?,
+                binary: flag(&output.parameters, "binary_data", binary_default)?,
                 classes,
             })
         })
@@ -330,7 +332,10 @@ fn respond(info: &ModelInfo, request: &InferRequest, logits: &[Vec<f32>]) -> Res
                         order
                             .into_iter()
                             .take(k)
-                            .map(|i| format!("{:.6}:{i}:{}", row[i], info.class_names[i]))
+                            .map(|i| {
+                                let label = info.class_names.get(i).map_or("", String::as_str);
+                                format!("{:.6}:{i}:{label}", row[i])
+                            })
                             .collect::<Vec<_>>()
                     })
                     .collect();
