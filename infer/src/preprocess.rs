@@ -600,6 +600,21 @@ mod tests {
             message(&jpeg[..jpeg.len() - 2]),
             "JPEG data ends before the end-of-image marker"
         );
+        // A thumbnail inside an APP1 block has its own end-of-image marker, which does not count:
+        // with the main image's marker cut off, the file is still incomplete.
+        let mut with_thumbnail = jpeg[..2].to_vec();
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend(&jpeg);
+        with_thumbnail.extend([0xFF, 0xE1]);
+        with_thumbnail.extend(u16::try_from(app1.len() + 2).expect("small segment").to_be_bytes());
+        with_thumbnail.extend(app1);
+        with_thumbnail.extend(&jpeg[2..]);
+        assert_eq!(check_jpeg_segments(&with_thumbnail), Ok(()));
+        assert!(decode(&with_thumbnail, &DecodeLimits::default()).is_ok());
+        assert_eq!(
+            message(&with_thumbnail[..with_thumbnail.len() - 2]),
+            "JPEG data ends before the end-of-image marker"
+        );
         assert!(
             message(&jpeg[..30]).starts_with("JPEG data ends inside segment"),
             "{}",
