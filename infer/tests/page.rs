@@ -1,8 +1,9 @@
 //! The page at `GET /` in a real browser: headless Chromium (Debian's `chromium`, installed by
 //! `cargo xtask setup` where apt-get exists), driven over the DevTools protocol by
 //! `tests/page/browser.py`, loads the page from a real `infer serve`, uploads a photo through the
-//! file input, and the class it renders first must be `/v1/predict`'s for the same file. The
-//! screenshot lands in the test's output folder (`target/tmp/page.png`).
+//! file input, and the class it renders first must be `/v1/predict`'s for the same file; the
+//! same under an API Gateway-like stage prefix; a cut file shows the server's message. The
+//! screenshots land in the test's output folder (`target/tmp/page*.png`).
 
 mod common;
 
@@ -50,6 +51,40 @@ fn browse(url: &str, image: &Path, screenshot: &Path) -> Result<Value> {
     serde_json::from_str(stdout.trim()).with_context(|| format!("browser.py printed {stdout:?}"))
 }
 
+/// `tests/page/stage_proxy.py`: the server under `/STAGE`, as API Gateway serves it.
+struct StageProxy {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl StageProxy {
+    fn start(upstream: &str, stage: &str) -> Result<Self> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/page/stage_proxy.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args([upstream, stage])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting stage_proxy.py")?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().context("stdout")?;
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .with_context(|| format!("stage_proxy.py printed {line:?}"))?
+            .to_owned();
+        Ok(Self { child, addr })
+    }
+}
+
+impl Drop for StageProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn the_page_in_chromium_shows_what_v1_predict_answers() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -91,6 +126,21 @@ fn the_page_in_chromium_shows_what_v1_predict_answers() -> Result<()> {
         png.width(),
         png.height()
     );
+
+    // Under an API Gateway stage prefix, opened without a trailing slash, the page still finds
+    // the API: every URL in it is relative to where it was loaded.
+    let proxy = StageProxy::start(&server.addr, "prod")?;
+    let page = browse(
+        &format!("http://{}/prod", proxy.addr),
+        &file,
+        &out.join("page-stage.png"),
+    )?;
+    assert_eq!(
+        (&page["state"], &page["top_label"]),
+        (&"done".into(), &want.into()),
+        "{page}"
+    );
+    assert_eq!(page["seen"], serde_json::json!([32, 32]), "{page}");
 
     // A cut upload shows the server's message instead of classes.
     let cut = dir.path().join("cut.jpg");
