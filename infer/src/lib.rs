@@ -11,7 +11,8 @@
 //! - [`graph_cache`]: ONNX Runtime's optimised graph kept on disk between starts.
 //! - [`preprocess`]: bytes to normalised NCHW floats.
 //! - [`batch`]: running inference off the async threads, with optional micro-batching.
-//! - [`api`]: the HTTP router, errors, metrics and OpenAPI document.
+//! - [`api`]: the HTTP router: the page, v1, the Open Inference Protocol, errors and the OpenAPI
+//!   document.
 //! - [`host`]: the Lambda and plain-server hosts around the router.
 
 pub mod api;
@@ -20,7 +21,6 @@ pub mod graph_cache;
 pub mod host;
 pub mod metrics;
 pub mod model;
-pub mod openapi;
 pub mod preprocess;
 pub mod runtime;
 pub mod s3;

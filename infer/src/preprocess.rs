@@ -1,12 +1,21 @@
 //! Image bytes to a normalised NCHW tensor: the format is sniffed from the content (never from
 //! the Content-Type), EXIF orientation is applied, every colour type becomes RGB, the image is
 //! resized to the model's input and normalised with the model's mean and std.
+//!
+//! Decoding is strict: a truncated or corrupt file is an error, never a partly grey image that
+//! gets classified. JPEG is decoded by zune-jpeg in its strict mode (which `image` 0.25 leaves
+//! off: it fills a short scan with grey) after a walk over the marker segments that finds the
+//! end-of-image marker; the other formats' decoders already fail on missing data.
 
 use std::io::Cursor;
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
+use zune_jpeg::zune_core::bytestream::ZCursor;
+use zune_jpeg::zune_core::colorspace::ColorSpace;
+use zune_jpeg::zune_core::options::DecoderOptions;
 
 /// Guards against decompression bombs; checked before pixels are allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +89,9 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, Prepr
     if !FORMATS.contains(&format) {
         return Err(PreprocessError::UnsupportedFormat(format!("{format:?}").to_uppercase()));
     }
+    if format == ImageFormat::Jpeg {
+        return decode_jpeg(bytes, limits);
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut image_limits = Limits::default();
     image_limits.max_image_width = Some(limits.max_width);
@@ -109,6 +121,125 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, Prepr
         image.apply_orientation(orientation);
     }
     Ok(image)
+}
+
+/// A JPEG's width and height against the limits, before any pixel is allocated.
+fn check_size(width: u32, height: u32, channels: u64, limits: &DecodeLimits) -> Result<(), PreprocessError> {
+    if width == 0 || height == 0 {
+        return Err(PreprocessError::Corrupt(format!(
+            "{width}x{height} image has no pixels"
+        )));
+    }
+    if width > limits.max_width || height > limits.max_height {
+        return Err(PreprocessError::TooLarge(format!(
+            "{width}x{height} is over the limit of {}x{} pixels",
+            limits.max_width, limits.max_height
+        )));
+    }
+    let bytes_needed = u64::from(width) * u64::from(height) * channels;
+    if bytes_needed > limits.max_alloc {
+        return Err(PreprocessError::TooLarge(format!(
+            "{width}x{height} needs {bytes_needed} bytes decoded, over the limit of {}",
+            limits.max_alloc
+        )));
+    }
+    Ok(())
+}
+
+/// A JPEG, strictly: every scan complete, up to the end-of-image marker; any colour space
+/// (grey, YCbCr, CMYK, YCCK) to RGB; EXIF orientation applied.
+fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, PreprocessError> {
+    check_jpeg_segments(bytes)?;
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(jpeg_error)?;
+    let (width, height) = decoder
+        .dimensions()
+        .ok_or_else(|| PreprocessError::Corrupt("the JPEG has no frame header".into()))?;
+    let (width, height) = (width as u32, height as u32);
+    check_size(width, height, 3, limits)?;
+    let len = decoder
+        .output_buffer_size()
+        .filter(|len| *len as u64 == u64::from(width) * u64::from(height) * 3)
+        .ok_or_else(|| PreprocessError::Corrupt("the JPEG decoder's output does not match its size".into()))?;
+    // A broken EXIF block must not reject an otherwise good image.
+    let orientation = decoder.exif().and_then(|exif| Orientation::from_exif_chunk(exif));
+    let mut pixels = vec![0; len];
+    decoder.decode_into(&mut pixels).map_err(jpeg_error)?;
+    let rgb = RgbImage::from_raw(width, height, pixels)
+        .ok_or_else(|| PreprocessError::Corrupt("the JPEG decoder's output does not match its size".into()))?;
+    let mut image = DynamicImage::ImageRgb8(rgb);
+    if let Some(orientation) = orientation {
+        image.apply_orientation(orientation);
+    }
+    Ok(image)
+}
+
+fn jpeg_error(err: zune_jpeg::errors::DecodeErrors) -> PreprocessError {
+    use zune_jpeg::errors::DecodeErrors;
+    let reason = match err {
+        DecodeErrors::Unsupported(scheme) => {
+            return PreprocessError::UnsupportedFormat(format!("JPEG ({scheme:?})"));
+        }
+        DecodeErrors::LargeDimensions(_) => return PreprocessError::TooLarge(format!("JPEG: {err:?}")),
+        DecodeErrors::Format(reason) => reason,
+        DecodeErrors::FormatStatic(reason) => reason.to_owned(),
+        other => format!("{other:?}"),
+    };
+    PreprocessError::Corrupt(format!("JPEG: {reason}"))
+}
+
+/// Walks a JPEG's marker segments and entropy-coded scans and fails unless an end-of-image
+/// marker (EOI) follows the first scan: zune-jpeg's strict mode catches a scan cut short, but
+/// not a file cut between or just after the scans. Thumbnails in EXIF blocks carry their own
+/// EOI, so this follows segment lengths rather than searching for the bytes.
+fn check_jpeg_segments(bytes: &[u8]) -> Result<(), PreprocessError> {
+    let cut = |what: &str| PreprocessError::Corrupt(format!("JPEG data ends {what}"));
+    let mut at = 2; // after SOI, which sniffing already saw
+    let mut in_scan = false;
+    loop {
+        // Entropy-coded data, or fill bytes, up to the next marker.
+        let Some(ff) = bytes.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0xFF)) else {
+            return Err(cut("before the end-of-image marker"));
+        };
+        if !in_scan && ff > 0 {
+            return Err(PreprocessError::Corrupt(format!(
+                "JPEG: {ff} stray bytes before a marker at offset {at}"
+            )));
+        }
+        at += ff + 1;
+        let Some(&marker) = bytes.get(at) else {
+            return Err(cut("before the end-of-image marker"));
+        };
+        at += 1;
+        match marker {
+            // Stuffed 0xFF inside a scan, fill bytes, restart markers: the scan goes on.
+            0x00 | 0xD0..=0xD7 if in_scan => {}
+            0xFF => at -= 1,
+            0xD9 => {
+                return if in_scan {
+                    Ok(())
+                } else {
+                    Err(PreprocessError::Corrupt(
+                        "JPEG: end-of-image marker before any scan".into(),
+                    ))
+                };
+            }
+            _ => {
+                let len = bytes
+                    .get(at..at + 2)
+                    .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+                    .ok_or_else(|| cut(&format!("inside the header of segment 0xFF{marker:02X}")))?;
+                if len < 2 || at + len > bytes.len() {
+                    return Err(cut(&format!("inside segment 0xFF{marker:02X}")));
+                }
+                at += len;
+                in_scan = marker == 0xDA;
+            }
+        }
+    }
 }
 
 fn classify(err: ImageError, limits: &DecodeLimits) -> PreprocessError {
@@ -155,16 +286,24 @@ fn resize(rgb: &RgbImage, width: u32, height: u32) -> RgbImage {
     fast().unwrap_or_else(|| image::imageops::resize(rgb, width, height, image::imageops::FilterType::Triangle))
 }
 
-/// Resizes to the model's input (triangle filter: area-weighted when downsizing) and writes
-/// `(pixel / 255 - mean) / std` channel-major into `out` (`3 * H * W` floats).
-pub fn normalise_into(rgb: &RgbImage, norm: &Normalisation, out: &mut Vec<f32>) {
-    let resized;
-    let image = if rgb.dimensions() == (norm.width, norm.height) {
-        rgb
+/// The image as the model sees it: resized to its input (triangle filter: area-weighted when
+/// downsizing), or borrowed when it has that size already.
+pub fn model_view<'a>(rgb: &'a RgbImage, norm: &Normalisation) -> std::borrow::Cow<'a, RgbImage> {
+    if rgb.dimensions() == (norm.width, norm.height) {
+        std::borrow::Cow::Borrowed(rgb)
     } else {
-        resized = resize(rgb, norm.width, norm.height);
-        &resized
-    };
+        std::borrow::Cow::Owned(resize(rgb, norm.width, norm.height))
+    }
+}
+
+/// Resizes to the model's input ([`model_view`]) and writes `(pixel / 255 - mean) / std`
+/// channel-major into `out` (`3 * H * W` floats).
+pub fn normalise_into(rgb: &RgbImage, norm: &Normalisation, out: &mut Vec<f32>) {
+    normalise_pixels(&model_view(rgb, norm), norm, out);
+}
+
+/// `(pixel / 255 - mean) / std`, channel-major, of an image already at the model's input size.
+fn normalise_pixels(image: &RgbImage, norm: &Normalisation, out: &mut Vec<f32>) {
     let plane = (norm.width * norm.height) as usize;
     let start = out.len();
     out.resize(start + 3 * plane, 0.0);
@@ -190,10 +329,23 @@ pub fn preprocess_into(
     Ok(())
 }
 
+/// [`preprocess_into`], also returning the image as the model saw it ([`model_view`]).
+pub fn preprocess_seen(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    norm: &Normalisation,
+    out: &mut Vec<f32>,
+) -> Result<RgbImage, PreprocessError> {
+    let rgb = to_rgb(decode(bytes, limits)?);
+    let seen = model_view(&rgb, norm).into_owned();
+    normalise_pixels(&seen, norm, out);
+    Ok(seen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{GrayImage, ImageBuffer, Luma, Rgb, Rgba, RgbaImage};
+    use image::{GenericImageView, GrayImage, ImageBuffer, Luma, Rgb, Rgba, RgbaImage};
 
     fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
@@ -364,5 +516,109 @@ mod tests {
                 "{w}x{h} -> {to_w}x{to_h}: max difference {worst:?}"
             );
         }
+    }
+
+    /// Files the `image` crate cannot write (see `tests/images/README.md`): a red gradient.
+    const FIXTURES: [(&str, &[u8]); 5] = [
+        ("progressive.jpg", include_bytes!("../tests/images/progressive.jpg")),
+        ("cmyk.jpg", include_bytes!("../tests/images/cmyk.jpg")),
+        (
+            "cmyk-progressive.jpg",
+            include_bytes!("../tests/images/cmyk-progressive.jpg"),
+        ),
+        ("restarts.jpg", include_bytes!("../tests/images/restarts.jpg")),
+        ("palette.png", include_bytes!("../tests/images/palette.png")),
+    ];
+
+    #[test]
+    fn valid_encodings_decode_to_their_colour() -> Result<(), PreprocessError> {
+        let grey = DynamicImage::ImageLuma8(GrayImage::from_pixel(16, 8, Luma([200])));
+        let grey_jpeg = encode(&grey, ImageFormat::Jpeg);
+        let mut files: Vec<(&str, &[u8])> = FIXTURES.to_vec();
+        files.push(("grey.jpg", &grey_jpeg));
+        for (name, bytes) in files {
+            let rgb = to_rgb(decode(bytes, &DecodeLimits::default())?);
+            let px = rgb.get_pixel(rgb.width() / 2, rgb.height() / 2).0;
+            if name == "grey.jpg" {
+                assert!(px.iter().all(|c| c.abs_diff(200) < 6), "{name}: {px:?}");
+            } else {
+                // Between #f03020 and #c02010: red well above green and blue.
+                assert!(px[0] > 170 && px[1] < 90 && px[2] < 70, "{name}: {px:?}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn every_format_cut_short_is_corrupt_never_a_partial_image() {
+        let noise = DynamicImage::ImageRgb8(RgbImage::from_fn(48, 40, |x, y| {
+            let n = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) % 251;
+            Rgb([n as u8, (x * 5) as u8, (y * 6) as u8])
+        }));
+        let mut files: Vec<(String, Vec<u8>)> = [
+            ImageFormat::Jpeg,
+            ImageFormat::Png,
+            ImageFormat::Gif,
+            ImageFormat::WebP,
+            ImageFormat::Bmp,
+        ]
+        .into_iter()
+        .map(|format| (format!("{format:?}"), encode(&noise, format)))
+        .collect();
+        files.extend(
+            FIXTURES
+                .iter()
+                .map(|(name, bytes)| ((*name).to_owned(), bytes.to_vec())),
+        );
+        for (name, bytes) in files {
+            // Cut inside the pixel data (a PNG missing only the end of its IEND chunk is whole).
+            for cut in [bytes.len() / 3, bytes.len() * 2 / 3] {
+                match decode(&bytes[..cut], &DecodeLimits::default()).map(|image| image.dimensions()) {
+                    Err(PreprocessError::Corrupt(_)) => {}
+                    other => panic!("{name} cut to {cut} of {} bytes: {other:?}", bytes.len()),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn jpeg_segments_walk_finds_the_end_or_says_where_it_stops() {
+        let jpeg = encode(
+            &DynamicImage::ImageRgb8(RgbImage::from_pixel(16, 16, Rgb([9, 9, 9]))),
+            ImageFormat::Jpeg,
+        );
+        assert_eq!(check_jpeg_segments(&jpeg), Ok(()));
+        // Bytes after the end-of-image marker (camera trailers, multi-picture files) are fine.
+        let mut trailer = jpeg.clone();
+        trailer.extend(b"trailing data");
+        assert_eq!(check_jpeg_segments(&trailer), Ok(()));
+        let message = |bytes: &[u8]| match check_jpeg_segments(bytes) {
+            Err(PreprocessError::Corrupt(m)) => m,
+            other => format!("{other:?}"),
+        };
+        assert_eq!(
+            message(&jpeg[..jpeg.len() - 2]),
+            "JPEG data ends before the end-of-image marker"
+        );
+        // A thumbnail inside an APP1 block has its own end-of-image marker, which does not count:
+        // with the main image's marker cut off, the file is still incomplete.
+        let mut with_thumbnail = jpeg[..2].to_vec();
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend(&jpeg);
+        with_thumbnail.extend([0xFF, 0xE1]);
+        with_thumbnail.extend(u16::try_from(app1.len() + 2).expect("small segment").to_be_bytes());
+        with_thumbnail.extend(app1);
+        with_thumbnail.extend(&jpeg[2..]);
+        assert_eq!(check_jpeg_segments(&with_thumbnail), Ok(()));
+        assert!(decode(&with_thumbnail, &DecodeLimits::default()).is_ok());
+        assert_eq!(
+            message(&with_thumbnail[..with_thumbnail.len() - 2]),
+            "JPEG data ends before the end-of-image marker"
+        );
+        assert!(
+            message(&jpeg[..30]).starts_with("JPEG data ends inside segment"),
+            "{}",
+            message(&jpeg[..30])
+        );
     }
 }

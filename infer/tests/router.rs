@@ -4,81 +4,20 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
-use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use base64::Engine as _;
+use axum::http::{Request, StatusCode};
+use common::router::{app, app_with, b64, call, get, multipart, post};
 use common::{expected_probabilities, solid};
 use image::ImageFormat;
 use infer::api::Limits;
 use infer::batch::BatchConfig;
-use infer::model::{Classifier, Overrides};
 use infer::preprocess::DecodeLimits;
 use infer::testing::TinyModel;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-
-fn classifier() -> Result<Arc<Classifier>> {
-    let bytes = TinyModel::rgb(32).build();
-    Ok(Arc::new(Classifier::load(
-        &bytes,
-        "tiny",
-        "tiny.onnx",
-        &Overrides::default(),
-        1,
-    )?))
-}
-
-fn app_with(limits: Limits, batching: BatchConfig) -> Result<Router> {
-    Ok(infer::host::app(classifier()?, batching, limits))
-}
-
-fn app() -> Result<Router> {
-    app_with(
-        Limits {
-            max_images: 4,
-            ..Limits::default()
-        },
-        BatchConfig::default(),
-    )
-}
-
-async fn call(app: &Router, req: Request<Body>) -> Result<(StatusCode, Value)> {
-    let response = app.clone().oneshot(req).await?;
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
-    let value =
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    Ok((status, value))
-}
-
-fn post(uri: &str, content_type: &str, body: impl Into<Body>) -> Result<Request<Body>> {
-    Ok(Request::post(uri)
-        .header(header::CONTENT_TYPE, content_type)
-        .body(body.into())?)
-}
-
-fn get(uri: &str) -> Result<Request<Body>> {
-    Ok(Request::get(uri).body(Body::empty())?)
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn multipart(field: &str, bytes: &[u8]) -> (String, Vec<u8>) {
-    let boundary = "XyZzYboundary42";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"img.png\"\r\nContent-Type: image/png\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
 
 macro_rules! snapshot {
     ($name:expr, $value:expr) => {
@@ -427,10 +366,18 @@ async fn kserve_v2_protocol() -> Result<()> {
             get("/v2/models/tiny/infer")?,
             StatusCode::METHOD_NOT_ALLOWED,
         ),
+        ("unknown_v2_route", get("/v2/repository/index")?, StatusCode::NOT_FOUND),
+        (
+            "unknown_version",
+            get("/v2/models/tiny/versions/7")?,
+            StatusCode::NOT_FOUND,
+        ),
     ];
     for (name, request, want) in cases {
         let (status, reply) = call(&app, request).await?;
         assert_eq!(status, want, "{name}: {reply}");
+        // The protocol's own shape, which its clients parse: a string, not an object.
+        assert!(reply["error"].is_string(), "{name}: {reply}");
         snapshot!(format!("v2_error_{name}"), &reply);
     }
     Ok(())
@@ -448,12 +395,36 @@ async fn health_model_metrics_and_openapi() -> Result<()> {
     assert_eq!(status, StatusCode::OK);
     snapshot!("model_info", &reply);
 
-    // Every documented route is served (neither 404 nor 405).
+    // The router's table and the document list the same routes, and each one answers (neither
+    // 404 nor 405).
     let (status, doc) = call(&app, get("/openapi.json")?).await?;
     assert_eq!(status, StatusCode::OK);
-    for (method, path) in infer::openapi::ROUTES {
-        assert!(doc["paths"][path][method].is_object(), "{method} {path} undocumented");
-        let uri = path.replace("{name}", "tiny");
+    let routed: BTreeSet<(String, String)> = infer::api::routes()
+        .iter()
+        .map(|r| (r.verb.as_str().to_owned(), r.path.to_owned()))
+        .collect();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().context("paths")? {
+        for method in item.as_object().context("path item")?.keys() {
+            documented.insert((method.clone(), path.clone()));
+        }
+    }
+    assert_eq!(
+        routed.difference(&documented).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "routed but not documented"
+    );
+    assert_eq!(
+        documented.difference(&routed).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "documented but not routed"
+    );
+    let version = doc["paths"]["/v2/models/{name}/versions/{version}"]["get"]["parameters"][1]["example"]
+        .as_str()
+        .context("the version example")?
+        .to_owned();
+    for (method, path) in &routed {
+        let uri = path.replace("{name}", "tiny").replace("{version}", &version);
         let request = Request::builder()
             .method(method.to_uppercase().as_str())
             .uri(&uri)
@@ -536,5 +507,110 @@ async fn concurrent_requests_are_batched_and_answered_correctly() -> Result<()> 
         .and_then(|v| v.trim().parse().ok())
         .context("batch count")?;
     assert!(runs < 12, "{runs} runs for 12 concurrent requests: no batching\n{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_internal_error_answers_a_generic_message_and_the_request_id() -> Result<()> {
+    // A graph fixed to a batch of 2 cannot run one image: an internal error whose cause names
+    // the model's batch.
+    let model = TinyModel {
+        fixed_batch: Some(2),
+        ..TinyModel::rgb(32)
+    };
+    let app = infer::host::app(common::router::load(&model)?, BatchConfig::default(), Limits::default());
+    let png = solid([250, 10, 10], 32, 32, ImageFormat::Png);
+    let request = Request::post("/v1/predict")
+        .header("content-type", "image/png")
+        .header("x-request-id", "req-500")
+        .body(Body::from(png))?;
+    let (status, reply) = call(&app, request).await?;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{reply}");
+    assert_eq!(reply["error"]["code"], "internal");
+    let message = reply["error"]["message"].as_str().context("message")?;
+    assert!(message.contains("req-500"), "{message}");
+    assert!(
+        !message.contains("batch") && !message.contains("fixed") && !message.contains("inference failed"),
+        "the internal cause leaked: {message}"
+    );
+    snapshot!("error_internal", &reply);
+
+    // The same on the V2 route, in its shape.
+    let plane = vec![0.0f32; 3 * 32 * 32];
+    let request = Request::post("/v2/models/tiny/infer")
+        .header("content-type", "application/json")
+        .header("x-request-id", "req-500-v2")
+        .body(Body::from(
+            json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": plane}]})
+                .to_string(),
+        ))?;
+    let (status, reply) = call(&app, request).await?;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{reply}");
+    let message = reply["error"].as_str().context("a V2 error string")?;
+    assert!(
+        message.contains("req-500-v2") && !message.contains("batch"),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_page_is_served_at_the_root_with_relative_urls() -> Result<()> {
+    let app = app()?;
+    let (status, headers, body) = common::router::call_raw(&app, get("/")?).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/html; charset=utf-8")
+    );
+    let html = String::from_utf8(body)?;
+    assert!(
+        html.contains("v1/predict?top_k=5&input_image=true"),
+        "the page calls the API"
+    );
+    // No absolute API path and nothing from another origin: it must work under a stage prefix.
+    for absolute in ["\"/v1/", "'/v1/", "\"/openapi", "http://", "https://", "src=\"/"] {
+        assert!(!html.contains(absolute), "{absolute} in the page");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn input_image_returns_what_the_model_saw() -> Result<()> {
+    let app = app()?;
+    // Left half red, right half blue, 64x32: the model's 32x32 view keeps the halves.
+    let image = image::RgbImage::from_fn(64, 32, |x, _| {
+        if x < 32 {
+            image::Rgb([250, 0, 0])
+        } else {
+            image::Rgb([0, 0, 250])
+        }
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(image).write_to(&mut png, ImageFormat::Png)?;
+    let (status, reply) = call(
+        &app,
+        post("/v1/predict?input_image=true", "image/png", png.into_inner())?,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let url = reply["predictions"][0]["input_image"].as_str().context("input_image")?;
+    let b64 = url.strip_prefix("data:image/png;base64,").context("a PNG data URL")?;
+    let seen = image::load_from_memory(&base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        b64,
+    )?)?
+    .into_rgb8();
+    assert_eq!(seen.dimensions(), (32, 32));
+    assert!(seen.get_pixel(2, 16)[0] > 200 && seen.get_pixel(29, 16)[2] > 200);
+    // Without the flag there is none.
+    let (_, reply) = call(
+        &app,
+        post("/v1/predict", "image/png", solid([1, 2, 3], 8, 8, ImageFormat::Png))?,
+    )
+    .await?;
+    assert!(reply["predictions"][0].get("input_image").is_none(), "{reply}");
+    let (status, _) = call(&app, post("/v1/predict?input_image=maybe", "image/png", vec![0u8])?).await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     Ok(())
 }

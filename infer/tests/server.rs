@@ -4,51 +4,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use common::server::start;
 use common::{infer_bin, solid};
 use image::ImageFormat;
 use infer::testing::{TinyModel, write_with_sidecar};
 use serde_json::Value;
-
-/// A running `infer serve`, killed on drop if the test did not stop it.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(model: &Path, extra: &[&str]) -> Result<Server> {
-    let mut child = Command::new(infer_bin())
-        .args(["serve", "--addr", "127.0.0.1:0", "--model"])
-        .arg(model)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting infer serve")?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .to_owned();
-    Ok(Server { child, addr })
-}
 
 fn model_dir() -> Result<(tempfile::TempDir, std::path::PathBuf)> {
     let dir = tempfile::tempdir()?;

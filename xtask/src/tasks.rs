@@ -62,6 +62,7 @@ pub fn prepare(needs: Needs) -> Result<Env> {
         relink(&sam, &link.join("sam"))?;
         sam_dir = Some(sam);
         tools::rust_target("aarch64-unknown-linux-gnu")?;
+        tools::chromium()?;
     }
     eprintln!(
         "xtask: set-up ready in {:.1?} (cache {})",

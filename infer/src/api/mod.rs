@@ -1,0 +1,355 @@
+//! The HTTP API, one axum router for every host: the page for people at `/` (`page`), the
+//! prediction routes (`/v1/predict`, and `/predict` for the FastAPI clients; `v1`), the
+//! KServe V2 / Open Inference Protocol (`v2`), health, model metadata, Prometheus metrics and
+//! the OpenAPI document. Every error is JSON `{"error": {"code", "message"}}` with the status that
+//! names its class, except on `/v2`, which answers its protocol's `{"error": "<message>"}`
+//! (`error`). The routes live in one table ([`routes`]).
+
+mod error;
+pub mod openapi;
+mod page;
+mod v1;
+mod v2;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::handler::Handler;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, on};
+use axum::{Json, Router};
+use image::RgbImage;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::batch::Engine;
+use crate::metrics::Metrics;
+use crate::model::ModelInfo;
+use crate::preprocess::{DecodeLimits, Normalisation, preprocess_seen};
+
+pub use error::{ApiError, RequestId, V2Error};
+pub use v1::{ModelRef, PredictResponse, Prediction, Timing};
+pub use v2::{EXTENSIONS, image_input_name};
+
+/// Lambda's synchronous invocation payload limit (6 MB).
+pub const DEFAULT_MAX_BODY: usize = 6 * 1024 * 1024;
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes in a request body.
+    pub max_body: usize,
+    /// Images in one request.
+    pub max_images: usize,
+    pub decode: DecodeLimits,
+    /// Images decoded at once across all requests. Each decode may hold up to
+    /// `decode.max_alloc` bytes, so this, not the number of connections, bounds decoding memory;
+    /// decoding is CPU-bound, so more than one per CPU adds memory and no throughput.
+    pub max_decoding: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body: DEFAULT_MAX_BODY,
+            max_images: 32,
+            decode: DecodeLimits::default(),
+            max_decoding: crate::model::default_threads(),
+        }
+    }
+}
+
+/// Shared by every handler.
+#[derive(Debug)]
+pub struct AppState {
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// `limits.max_decoding` permits; a request holds one while its images are decoded.
+    pub decoding: Arc<Semaphore>,
+}
+
+impl AppState {
+    fn info(&self) -> &ModelInfo {
+        self.engine.classifier().info()
+    }
+}
+
+type Shared = Arc<AppState>;
+
+/// An HTTP method a route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+}
+
+impl Verb {
+    /// Lower case, as OpenAPI's path items name operations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Post => "post",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Self::Get => MethodFilter::GET,
+            Self::Post => MethodFilter::POST,
+        }
+    }
+}
+
+/// One route of the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub verb: Verb,
+    /// In axum's syntax, which is also OpenAPI's: `/v2/models/{name}`.
+    pub path: &'static str,
+}
+
+fn at<H, T>(verb: Verb, path: &'static str, handler: H) -> (Route, MethodRouter<Shared>)
+where
+    H: Handler<T, Shared>,
+    T: 'static,
+{
+    (Route { verb, path }, on(verb.filter(), handler))
+}
+
+/// The one table of routes: the router is built from it, and the tests hold the OpenAPI document
+/// to it in both directions.
+fn table() -> Vec<(Route, MethodRouter<Shared>)> {
+    use Verb::{Get, Post};
+    vec![
+        at(Get, "/", page::page),
+        at(Post, "/v1/predict", v1::predict),
+        at(Post, "/predict", v1::predict),
+        at(Get, "/v1/model", model_info),
+        at(Get, "/healthz", healthz),
+        at(Get, "/readyz", readyz),
+        at(Get, "/metrics", metrics),
+        at(Get, "/openapi.json", openapi_document),
+        at(Get, "/v2", v2::server),
+        at(Get, "/v2/health/live", v2::live),
+        at(Get, "/v2/health/ready", v2::ready),
+        at(Get, "/v2/models/{name}", v2::model),
+        at(Get, "/v2/models/{name}/ready", v2::model_ready),
+        at(Post, "/v2/models/{name}/infer", v2::infer),
+        at(Get, "/v2/models/{name}/versions/{version}", v2::model_version),
+        at(
+            Get,
+            "/v2/models/{name}/versions/{version}/ready",
+            v2::model_version_ready,
+        ),
+        at(Post, "/v2/models/{name}/versions/{version}/infer", v2::infer_version),
+    ]
+}
+
+/// Every route the router serves.
+pub fn routes() -> Vec<Route> {
+    table().into_iter().map(|(route, _)| route).collect()
+}
+
+/// The router with every route, error class, metrics and request-id logging.
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.limits.max_body;
+    let mut router = Router::new();
+    for (route, handler) in table() {
+        router = router.route(route.path, handler);
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
+        .with_state(state)
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The request id: Lambda's, the client's `x-request-id`, or a new one.
+fn request_id(req: &Request) -> String {
+    if let Some(ctx) = req.extensions().get::<lambda_http::Context>() {
+        return ctx.request_id.clone();
+    }
+    if let Some(id) = req.headers().get("x-request-id").and_then(|v| v.to_str().ok())
+        && !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return id.to_owned();
+    }
+    format!("{:x}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Request id span around every log line, `x-request-id` on the reply, metrics.
+async fn observe(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let id = request_id(&req);
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!("request", id = %id, method = %method, path = %req.uri().path());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let elapsed = start.elapsed();
+    let status = response.status();
+    span.in_scope(|| {
+        tracing::info!(status = status.as_u16(), ms = elapsed.as_secs_f64() * 1e3, "done");
+    });
+    state
+        .metrics
+        .record_request(method.as_str(), &route, status.as_u16(), elapsed);
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// The Open Inference Protocol's clients parse its own error shape on every `/v2` path.
+fn is_v2(req: &Request) -> bool {
+    let path = req.uri().path();
+    path == "/v2" || path.starts_with("/v2/")
+}
+
+fn error_reply(req: &Request, err: ApiError) -> Response {
+    if is_v2(req) {
+        V2Error(err).into_response()
+    } else {
+        err.into_response()
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    let err = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {} {}; see /openapi.json", req.method(), req.uri().path()),
+    );
+    error_reply(&req, err)
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let err = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    );
+    error_reply(&req, err)
+}
+
+/// `multipart/form-data` → `"multipart/form-data"`: the media type without parameters, lower case.
+fn media_type(req: &Request) -> Option<String> {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+}
+
+async fn read_body(req: Request, state: &Shared) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, &()).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(state.limits.max_body)
+        } else {
+            ApiError::bad_request("bad_body", format!("reading the request body: {rejection}"))
+        }
+    })
+}
+
+fn too_many_images(state: &Shared) -> ApiError {
+    ApiError::unprocessable(format!(
+        "too many images: at most {} per request",
+        state.limits.max_images
+    ))
+}
+
+/// Decodes and normalises encoded images on a blocking thread, under the decoding limit; with
+/// `keep_input`, also returns each image as the model sees it (resized RGB). Errors name the
+/// image by its index when there is more than one.
+async fn preprocess_images(
+    state: &Shared,
+    id: &RequestId,
+    images: Vec<Bytes>,
+    keep_input: bool,
+) -> Result<(Vec<f32>, Vec<RgbImage>), ApiError> {
+    let norm = Normalisation::from_info(state.info());
+    let decode_limits = state.limits.decode;
+    let batch = images.len() > 1;
+    // Owned and moved into the task: a client that hangs up must not free the slot while the
+    // decode it started still holds its memory.
+    let permit = Arc::clone(&state.decoding)
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(id, format!("the decoding limit is closed: {e}")))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut input = Vec::with_capacity(images.len() * 3 * (norm.height * norm.width) as usize);
+        let mut seen = Vec::new();
+        for (i, bytes) in images.iter().enumerate() {
+            let image = preprocess_seen(bytes, &decode_limits, &norm, &mut input)
+                .map_err(|e| ApiError::from_preprocess(e, batch.then_some(i)))?;
+            if keep_input {
+                seen.push(image);
+            }
+        }
+        Ok::<_, ApiError>((input, seen))
+    })
+    .await
+    .map_err(|e| ApiError::internal(id, format!("the preprocessing task failed: {e}")))?
+}
+
+/// Logits for `n` preprocessed images; a failure is an internal error.
+async fn run_model(state: &Shared, id: &RequestId, input: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>, ApiError> {
+    state
+        .engine
+        .infer(input, n)
+        .await
+        .map_err(|e| ApiError::internal(id, format!("inference failed: {e}")))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// The model is loaded and warmed up before the router exists, so a router that answers is ready.
+async fn readyz(State(state): State<Shared>) -> Json<Value> {
+    let info = state.info();
+    Json(json!({"status": "ready", "model": info.name, "version": info.version}))
+}
+
+async fn model_info(State(state): State<Shared>) -> Json<Value> {
+    let info = state.info();
+    Json(json!({
+        "name": info.name,
+        "version": info.version,
+        "sha256": info.sha256,
+        "source": info.source,
+        "class_names": info.class_names,
+        "input": {"name": info.input_name, "height": info.input_height, "width": info.input_width,
+                  "channel_order": "RGB", "layout": "NCHW", "mean": info.mean, "std": info.std},
+        "output": {"name": info.output_name, "classes": info.num_classes()},
+        "batching": state.engine.batching(),
+        "metadata": info.metadata,
+    }))
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi_document(State(state): State<Shared>) -> Json<Value> {
+    Json(openapi::document(state.info()))
+}
