@@ -30,6 +30,7 @@ import argparse
 import copy
 import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -52,6 +53,8 @@ ACCOUNT = "123456789012"  # moto's default account
 MODEL = ROOT / "models" / "resnet18-cifar10.onnx"
 # The translator asks boto3 for a region to build ARNs; no call leaves the machine.
 os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
+# The translator's notes on its feature toggles and metrics are not about this template.
+logging.getLogger("samtranslator").setLevel(logging.ERROR)
 
 
 class Failed(Exception):
@@ -132,7 +135,13 @@ class Moto:
 
     def enforce_iam(self) -> None:
         """From now on every request needs credentials that IAM allows (moto's own switch)."""
-        req = urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", data=b"0", method="POST")
+        req = urllib.request.Request(
+            f"{self.endpoint}/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            # Not a form: moto reads the raw body, which Flask leaves empty for form types.
+            headers={"Content-Type": "text/plain"},
+        )
         urllib.request.urlopen(req, timeout=10).read()
 
     def close(self) -> None:
@@ -208,6 +217,10 @@ class Resolver:
                 "AWS::URLSuffix": "amazonaws.com",
             }
         )
+        # Resources this check does not look into still resolve, to names of their own.
+        for name in template["Resources"]:
+            self.values.setdefault(name, name.lower())
+            self.values.setdefault(f"{name}.Arn", f"arn:aws:rehearsal:::{name.lower()}")
         self.values.update(physical)
 
     def condition(self, name: str) -> bool:
