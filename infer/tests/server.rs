@@ -191,6 +191,24 @@ fn a_bad_model_stops_start_up_naming_the_file_and_reason() -> Result<()> {
         "{err}"
     );
 
+    // No ONNX Runtime library where ORT_DYLIB_PATH points: said once, with where it came from.
+    let output = Command::new(infer_bin())
+        .args(["serve", "--addr", "127.0.0.1:0", "--no-cache", "--model"])
+        .arg(&labelled)
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && err.contains(
+                "/nonexistent/libonnxruntime.so does not exist (from the ORT_DYLIB_PATH environment variable)"
+            )
+            && !err.contains("loading ONNX Runtime from"),
+        "{err}"
+    );
+
     let err = start_failure(Some(&dir.path().join("missing.onnx").display().to_string()))?;
     assert!(err.contains("missing.onnx") && err.contains("No such file"), "{err}");
 
