@@ -77,7 +77,7 @@ async fn load_once(
     }
     let (bytes, sha256) = source.fetch().await?;
     let classifier = tokio::task::spawn_blocking(move || {
-        let classifier = Classifier::load_with_options(bytes, sha256, &name, &label, &overrides, &options)?;
+        let classifier = Classifier::load_with_options(bytes, Some(sha256), &name, &label, &overrides, &options)?;
         // Noted so that the next start takes the fast path above.
         if let Some((path, cache)) = file_cache
             && matches!(classifier.cache_outcome(), CacheOutcome::Stored | CacheOutcome::Hit)

@@ -150,7 +150,7 @@ impl Classifier {
         overrides: &Overrides,
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        let sha256 = sha256.unwrap_or_else(|| crate::source::sha256_hex(&bytes));
+        let sha256 = sha256.unwrap_or_else(|| onnx::checksum::sha256_hex(&bytes));
         let (session, cache) = build_session(bytes, &sha256, source, options)?;
         Self::from_session(session, cache, sha256, name, source, overrides)
     }

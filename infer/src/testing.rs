@@ -132,8 +132,8 @@ pub fn write_with_sidecar(dir: &std::path::Path, name: &str, bytes: &[u8]) -> st
     let path = dir.join(name);
     std::fs::write(&path, bytes)?;
     std::fs::write(
-        crate::source::sidecar_path(&path),
-        format!("{}  {name}\n", crate::source::sha256_hex(bytes)),
+        onnx::checksum::sidecar_path(&path),
+        onnx::checksum::sidecar_line(&onnx::checksum::sha256_hex(bytes), &path),
     )?;
     Ok(path)
 }

@@ -97,7 +97,7 @@ fn serves_over_http_and_finishes_the_request_in_flight_on_sigterm() -> Result<()
     assert_eq!(ready["ready"], true);
     // The digest checked against the sidecar is the one the API reports.
     let info: Value = ureq::get(&format!("{url}/v1/model")).call()?.body_mut().read_json()?;
-    let digest = infer::source::sha256_hex(&std::fs::read(&model)?);
+    let digest = onnx::checksum::sha256_hex(&std::fs::read(&model)?);
     assert_eq!(info["sha256"], digest.as_str());
     assert_eq!(info["version"], &digest[..12]);
 

@@ -15,7 +15,9 @@ use zip::write::SimpleFileOptions;
 
 use crate::elf;
 use crate::env::{Env, run_step};
-use crate::{native, paths};
+use onnx::checksum;
+
+use crate::paths;
 
 /// The names Lambda (and `infer`) expect at the root of the zip: `/var/task/<name>` at run time.
 pub const BOOTSTRAP: &str = "bootstrap";
@@ -286,14 +288,13 @@ pub fn inspect(zip_path: &Path, arch: Arch, model: bool) -> Result<Report> {
             _ => None,
         };
         if name == MODEL_SHA256 {
-            let want = std::str::from_utf8(bytes)
-                .ok()
-                .and_then(|t| t.split_whitespace().next());
-            let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&found[MODEL].2));
-            ensure!(
-                want.is_some_and(|w| w.eq_ignore_ascii_case(&got)),
-                "{name} does not match model.onnx (whose sha256 is {got})"
-            );
+            checksum::check(
+                checksum::sha256_hex(&found[MODEL].2),
+                &String::from_utf8_lossy(bytes),
+                MODEL,
+                name,
+            )
+            .with_context(|| format!("{name} does not match {MODEL}"))?;
         } else if let Some(kind) = kind {
             let info = elf::Elf::parse(bytes).with_context(|| format!("{name} is not a usable ELF file"))?;
             info.expect(kind, arch.elf_machine())
@@ -332,27 +333,14 @@ pub fn inspect(zip_path: &Path, arch: Arch, model: bool) -> Result<Report> {
     })
 }
 
-/// Reads `<model>.sha256` when it exists (`sha256sum` format: the first word is the hex
-/// digest), checks the model against it, and returns the digest.
+/// Checks the model against `<model>.sha256` when that exists, and returns the digest then.
 pub fn model_digest(model: &Path) -> Result<Option<String>> {
-    let mut sidecar = model.as_os_str().to_owned();
-    sidecar.push(".sha256");
-    let sidecar = PathBuf::from(sidecar);
-    let Ok(text) = fs::read_to_string(&sidecar) else {
+    if !checksum::sidecar_path(model).exists() {
         return Ok(None);
-    };
-    let want = text
-        .split_whitespace()
-        .next()
-        .with_context(|| format!("{} is empty", sidecar.display()))?;
-    let got = native::sha256_file(model)?;
-    ensure!(
-        got.eq_ignore_ascii_case(want),
-        "{} has sha256 {got} but {} says {want}",
-        model.display(),
-        sidecar.display()
-    );
-    Ok(Some(got))
+    }
+    let digest = checksum::sha256_file(model)?;
+    checksum::check_file(model, &digest)?;
+    Ok(Some(digest))
 }
 
 /// Where `cargo xtask package` writes the zip.
@@ -651,7 +639,7 @@ mod tests {
         let fx = Fixture::new()?;
         let model = fx.file("m.onnx", b"\x08\x07model")?;
         assert_eq!(model_digest(&model)?, None, "no sidecar: nothing to check");
-        let digest = native::sha256_file(&model)?;
+        let digest = checksum::sha256_file(&model)?;
         fx.file("m.onnx.sha256", format!("{digest}  m.onnx\n").as_bytes())?;
         assert_eq!(model_digest(&model)?.as_deref(), Some(digest.as_str()));
 
