@@ -59,8 +59,8 @@ struct ModelArgs {
     /// ONNX Runtime intra-op threads (default: the CPUs available).
     #[arg(long, env = "INFER_THREADS")]
     threads: Option<usize>,
-    // Spinning makes model runs faster but takes CPU that decoding needs: `false` served
-    // 10-17% more 640x480 JPEGs/s with width 16, 11% fewer 32x32 PNGs/s with width 64.
+    // Spinning makes model runs faster but takes CPU that decoding needs: `false` pays for
+    // narrow models fed photos and costs wide ones (infer/BENCHMARKS.md, thread spinning).
     /// ONNX Runtime's threads spin between parallel sections (`false`: they sleep).
     #[arg(long, env = "INFER_INTRA_OP_SPINNING", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     intra_op_spinning: bool,
