@@ -22,9 +22,9 @@ pub struct BatchConfig {
     pub max_wait: Duration,
 }
 
-/// The default batch cap. On the 2-core CPU ONNX Runtime gains little past batch 8 (width 64:
-/// 63.5 images/s at 8, 63.3 at 32), while every image in a batch adds its activations to the
-/// arena's peak: serving width 64 under load peaked at 132 MB with 8 and 161 MB with 64.
+/// The default batch cap. On the 2-core CPU ONNX Runtime gains little past batch 8, while every
+/// image in a batch adds its activations to the arena's peak (`infer/BENCHMARKS.md` has ONNX
+/// Runtime's images/s by batch size and the server's peak RSS by `--max-batch`).
 pub const DEFAULT_MAX_BATCH: usize = 8;
 
 impl Default for BatchConfig {

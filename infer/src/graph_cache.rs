@@ -1,14 +1,14 @@
 //! ONNX Runtime's optimised graph, kept on disk so that later starts skip graph optimisation.
 //!
-//! Optimising the width-64 ResNet-18 is about 100 ms of a 280 ms cold start, and while it runs
-//! the original and the re-laid-out weights sit in memory side by side (about 70 MB of peak RSS
-//! for 45 MB of weights). ONNX Runtime can save the graph it optimised; loading that with
-//! optimisation off gives the same session without either cost.
+//! Optimising the width-64 ResNet-18 is a large part of a cold start, and while it runs the
+//! original and the re-laid-out weights sit in memory side by side, which sets the peak RSS.
+//! ONNX Runtime can save the graph it optimised; loading that with optimisation off gives the
+//! same session without either cost.
 //!
 //! An entry is a directory: the optimised graph (`graph.onnx`) and its weights in a file of their
 //! own (`weights.bin`), which ONNX Runtime maps into memory instead of parsing them out of the
-//! protobuf. For width 64 that makes session creation from the entry 7-8 ms instead of 59-61 ms
-//! (fresh processes, onnxruntime 1.31.1), with bit-identical outputs.
+//! protobuf, with bit-identical outputs. The start-up times and memory with and without the cache
+//! are in `infer/BENCHMARKS.md` ("Start-up and memory").
 //!
 //! The saved graph is only valid for the model, the ONNX Runtime build and the CPU it was made
 //! on (the NCHWc layout bakes in the vector width), so all three are in the entry's name: a

@@ -77,7 +77,7 @@ async fn load_once(
     }
     let (bytes, sha256) = source.fetch().await?;
     let classifier = tokio::task::spawn_blocking(move || {
-        let classifier = Classifier::load_with_options(bytes, sha256, &name, &label, &overrides, &options)?;
+        let classifier = Classifier::load_with_options(bytes, Some(sha256), &name, &label, &overrides, &options)?;
         // Noted so that the next start takes the fast path above.
         if let Some((path, cache)) = file_cache
             && matches!(classifier.cache_outcome(), CacheOutcome::Stored | CacheOutcome::Hit)
@@ -182,40 +182,24 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs the router as a Lambda function until the runtime stops the process.
-pub async fn run_lambda(app: Router) -> Result<(), lambda_http::Error> {
-    lambda_http::run(tower::ServiceExt::map_request(app, strip_stage)).await
+/// The variable with which `lambda_http` leaves an API Gateway REST API's stage out of the
+/// request path: the routes carry none, and the template's stage is `v1`, which `lambda_http`
+/// would otherwise leave in (`/v1/predict` looks as if it already starts with the stage).
+pub const IGNORE_STAGE_VARIABLE: &str = "AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH";
+
+/// Sets [`IGNORE_STAGE_VARIABLE`] (`lambda_http` reads it for every request; any value counts).
+/// An HTTP API on a named stage is not covered: it puts the stage into `rawPath` itself
+/// (aws-lambda-rust-runtime#919); the template deploys a REST API and a function URL.
+///
+/// # Safety
+/// Sets an environment variable: call it before any other thread exists.
+pub unsafe fn ignore_stage_in_path() {
+    // SAFETY: the caller guarantees no other thread reads the environment meanwhile.
+    unsafe { std::env::set_var(IGNORE_STAGE_VARIABLE, "true") };
 }
 
-/// `lambda_http` puts an API Gateway stage into the path (`/prod/v1/predict` for a REST API's
-/// `prod` stage); the routes have none, so the stage prefix is taken off again.
-pub fn strip_stage<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
-    use lambda_http::request::RequestContext;
-    let stage = match req.extensions().get::<RequestContext>() {
-        Some(RequestContext::ApiGatewayV1(ctx)) => ctx.stage.clone(),
-        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.clone(),
-        _ => None,
-    };
-    let Some(stage) = stage.filter(|s| !s.is_empty() && s != "$default") else {
-        return req;
-    };
-    let prefix = format!("/{stage}");
-    let path = req.uri().path();
-    let rest = match path.strip_prefix(&prefix) {
-        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
-        _ => return req,
-    };
-    let rest = if rest.is_empty() { "/" } else { rest };
-    let path_and_query = match req.uri().query() {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest.to_owned(),
-    };
-    let mut parts = req.uri().clone().into_parts();
-    if let Ok(pq) = path_and_query.parse() {
-        parts.path_and_query = Some(pq);
-        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
-        }
-    }
-    req
+/// Runs the router as a Lambda function until the runtime stops the process; call
+/// [`ignore_stage_in_path`] first.
+pub async fn run_lambda(app: Router) -> Result<(), lambda_http::Error> {
+    lambda_http::run(app).await
 }

@@ -59,8 +59,8 @@ struct ModelArgs {
     /// ONNX Runtime intra-op threads (default: the CPUs available).
     #[arg(long, env = "INFER_THREADS")]
     threads: Option<usize>,
-    // Spinning makes model runs faster but takes CPU that decoding needs: `false` served
-    // 10-17% more 640x480 JPEGs/s with width 16, 11% fewer 32x32 PNGs/s with width 64.
+    // Spinning makes model runs faster but takes CPU that decoding needs: `false` pays for
+    // narrow models fed photos and costs wide ones (infer/BENCHMARKS.md, thread spinning).
     /// ONNX Runtime's threads spin between parallel sections (`false`: they sleep).
     #[arg(long, env = "INFER_INTRA_OP_SPINNING", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     intra_op_spinning: bool,
@@ -84,10 +84,10 @@ struct ServeArgs {
     #[arg(long, env = "INFER_MAX_BODY_BYTES", default_value_t = infer::api::DEFAULT_MAX_BODY)]
     max_body_bytes: usize,
     /// Most images in one request.
-    #[arg(long, env = "INFER_MAX_IMAGES", default_value_t = 32)]
+    #[arg(long, env = "INFER_MAX_IMAGES", default_value_t = Limits::default().max_images)]
     max_images: usize,
     /// Largest image side in pixels accepted by the decoder.
-    #[arg(long, env = "INFER_MAX_SIDE", default_value_t = 8192)]
+    #[arg(long, env = "INFER_MAX_SIDE", default_value_t = DecodeLimits::default().max_width)]
     max_side: u32,
     /// Images decoded at once across all requests (each may take up to 64 MiB while it is
     /// decoded) [default: the CPUs available].
@@ -208,6 +208,8 @@ fn init_tracing() {
 fn main() -> Result<()> {
     // SAFETY: nothing but this thread runs yet; the async runtime's workers start below.
     unsafe { infer::runtime::disable_telemetry_by_default() };
+    // SAFETY: as above.
+    unsafe { infer::host::ignore_stage_in_path() };
     init_tracing();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -259,15 +261,16 @@ impl ServeArgs {
     }
 
     fn limits(&self) -> Limits {
+        let defaults = Limits::default();
         Limits {
             max_body: self.max_body_bytes,
             max_images: self.max_images.max(1),
             decode: DecodeLimits {
                 max_width: self.max_side,
                 max_height: self.max_side,
-                ..DecodeLimits::default()
+                ..defaults.decode
             },
-            max_decoding: self.max_decoding.unwrap_or_else(infer::model::default_threads).max(1),
+            max_decoding: self.max_decoding.unwrap_or(defaults.max_decoding).max(1),
         }
     }
 }
@@ -337,4 +340,26 @@ async fn predict(args: PredictArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Options left out give the library's defaults: the flags have no defaults of their own.
+    #[test]
+    fn serve_limits_default_to_the_librarys() -> Result<()> {
+        let given = ServeArgs::from_env()?.limits();
+        let defaults = Limits::default();
+        assert_eq!(
+            (given.max_body, given.max_images, given.decode, given.max_decoding),
+            (
+                defaults.max_body,
+                defaults.max_images,
+                defaults.decode,
+                defaults.max_decoding
+            )
+        );
+        Ok(())
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use onnx::{MetadataError, ModelMetadata};
+use onnx::{ChannelOrder, Layout, MetadataError, ModelMetadata};
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{Tensor, ValueType};
@@ -37,6 +37,9 @@ pub struct ModelInfo {
     pub input_width: u32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// What the model says it expects (a model that expects anything but RGB NCHW is refused).
+    pub channel_order: ChannelOrder,
+    pub layout: Layout,
     pub input_name: String,
     pub output_name: String,
     /// The batch size the graph is fixed to, when its first dimension is not symbolic.
@@ -147,7 +150,7 @@ impl Classifier {
         overrides: &Overrides,
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        let sha256 = sha256.unwrap_or_else(|| crate::source::sha256_hex(&bytes));
+        let sha256 = sha256.unwrap_or_else(|| onnx::checksum::sha256_hex(&bytes));
         let (session, cache) = build_session(bytes, &sha256, source, options)?;
         Self::from_session(session, cache, sha256, name, source, overrides)
     }
@@ -181,6 +184,33 @@ impl Classifier {
             reason,
         };
 
+        let metadata = match session.metadata() {
+            Ok(meta) => match ModelMetadata::from_props(|key| meta.custom(key)) {
+                Ok(contract) => Some(contract),
+                // No contract at all: a foreign classifier, described by flags.
+                Err(MetadataError::Missing(onnx::metadata::keys::CONTRACT_VERSION)) => None,
+                Err(source_err) => {
+                    return Err(ModelError::Metadata {
+                        model: source.to_owned(),
+                        source: source_err,
+                    });
+                }
+            },
+            Err(e) => return Err(load_err(e)),
+        };
+
+        // What preprocessing produces; a model that says it wants anything else would be fed
+        // the wrong pixels without an error, so it is refused here.
+        let (channel_order, layout) = metadata
+            .as_ref()
+            .map_or((ChannelOrder::Rgb, Layout::Nchw), |m| (m.channel_order, m.layout));
+        if (channel_order, layout) != (ChannelOrder::Rgb, Layout::Nchw) {
+            return Err(incompatible(format!(
+                "its metadata says {channel_order} channels in {layout} layout, but infer feeds \
+                 RGB planes in NCHW layout; export the model for RGB NCHW input"
+            )));
+        }
+
         let [input] = session.inputs() else {
             return Err(incompatible(format!(
                 "it has {} inputs; a classifier has one image input",
@@ -207,21 +237,6 @@ impl Classifier {
                 output.name()
             )));
         }
-
-        let metadata = match session.metadata() {
-            Ok(meta) => match ModelMetadata::from_props(|key| meta.custom(key)) {
-                Ok(contract) => Some(contract),
-                // No contract at all: a foreign classifier, described by flags.
-                Err(MetadataError::Missing(onnx::metadata::keys::CONTRACT_VERSION)) => None,
-                Err(source_err) => {
-                    return Err(ModelError::Metadata {
-                        model: source.to_owned(),
-                        source: source_err,
-                    });
-                }
-            },
-            Err(e) => return Err(load_err(e)),
-        };
 
         let fixed = |d: i64| u32::try_from(d).ok().filter(|d| *d > 0);
         let (input_height, input_width) = overrides
@@ -299,6 +314,8 @@ impl Classifier {
             input_width,
             mean,
             std,
+            channel_order,
+            layout,
             input_name: input.name().to_owned(),
             output_name: output.name().to_owned(),
             fixed_batch: usize::try_from(in_shape[0]).ok().filter(|n| *n > 0),
@@ -519,6 +536,45 @@ pub fn top_k(logits: &[f32], class_names: &[String], k: usize) -> Vec<Scored> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TinyModel;
+
+    /// A model whose metadata asks for input that preprocessing does not produce is refused at
+    /// load, naming what it asks for; `/v1/model` reports the order and layout of the file.
+    #[test]
+    fn models_that_want_other_than_rgb_nchw_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let tiny = TinyModel::rgb(8);
+        let load = |meta: &ModelMetadata| {
+            Classifier::load(
+                &tiny.build_with(Some(meta)),
+                "tiny",
+                "tiny.onnx",
+                &Overrides::default(),
+                1,
+            )
+        };
+        let cases = [
+            (ChannelOrder::Bgr, Layout::Nchw, "BGR channels in NCHW layout"),
+            (ChannelOrder::Rgb, Layout::Nhwc, "RGB channels in NHWC layout"),
+        ];
+        for (channel_order, layout, says) in cases {
+            let meta = ModelMetadata {
+                channel_order,
+                layout,
+                ..tiny.metadata()
+            };
+            let err = load(&meta).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains("tiny.onnx is incompatible") && err.contains(says),
+                "{says}: {err}"
+            );
+        }
+        let served = load(&tiny.metadata())?;
+        assert_eq!(
+            (served.info().channel_order, served.info().layout),
+            (ChannelOrder::Rgb, Layout::Nchw)
+        );
+        Ok(())
+    }
 
     #[test]
     fn softmax_is_a_distribution_and_stable() {

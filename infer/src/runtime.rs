@@ -29,7 +29,7 @@ pub unsafe fn disable_telemetry_by_default() {
 /// The library file name next to the executable.
 pub const DYLIB_NAME: &str = "libonnxruntime.so";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RuntimeError {
     #[error(
         "ONNX Runtime library not found: {path} does not exist (from {origin}); set ORT_DYLIB_PATH to libonnxruntime.so"
@@ -75,24 +75,71 @@ fn existing(path: PathBuf, origin: &'static str) -> Result<PathBuf, RuntimeError
     }
 }
 
-static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+/// The first attempt's outcome, kept: the library is loaded once per process, and a failure
+/// is reported the same way (with its own type) to every caller.
+static ENVIRONMENT: OnceLock<Result<Environment, RuntimeError>> = OnceLock::new();
 
 /// The process-wide ONNX Runtime environment, loading the library on first use.
 pub fn environment() -> Result<&'static Environment, RuntimeError> {
-    let result = ENVIRONMENT.get_or_init(|| {
-        let path = locate_dylib().map_err(|e| e.to_string())?;
-        let builder =
-            ort::init_from(&path).map_err(|e| format!("loading ONNX Runtime from {}: {e}", path.display()))?;
-        builder
-            .with_name("infer")
-            .build()
-            .map_err(|e| format!("creating the ONNX Runtime environment from {}: {e}", path.display()))
-    });
-    match result {
-        Ok(env) => Ok(env),
-        Err(reason) => Err(RuntimeError::Load {
-            path: locate_dylib().unwrap_or_default(),
-            reason: reason.clone(),
-        }),
+    ENVIRONMENT
+        .get_or_init(|| load(locate_dylib()?))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn load(path: PathBuf) -> Result<Environment, RuntimeError> {
+    let failed = |stage: &str, e: &dyn std::fmt::Display| RuntimeError::Load {
+        path: path.clone(),
+        reason: format!("{stage}: {e}"),
+    };
+    ort::init_from(&path)
+        .map_err(|e| failed("opening the library", &e))?
+        .with_name("infer")
+        .build()
+        .map_err(|e| failed("creating the environment", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Marks the child process of the test below.
+    const CHILD: &str = "INFER_RUNTIME_TEST_CHILD";
+    const NOWHERE: &str = "/nonexistent/libonnxruntime.so";
+
+    /// In a child process (the environment is loaded once per process) whose ORT_DYLIB_PATH
+    /// names no file: every caller gets the typed error, which names the path once.
+    #[test]
+    fn a_missing_library_reaches_every_caller_as_missing() -> Result<(), Box<dyn std::error::Error>> {
+        if std::env::var_os(CHILD).is_some() {
+            let first = environment().err();
+            assert_eq!(first, environment().err(), "the same error every time");
+            assert_eq!(
+                first,
+                Some(RuntimeError::Missing {
+                    path: PathBuf::from(NOWHERE),
+                    origin: "the ORT_DYLIB_PATH environment variable",
+                })
+            );
+            let text = first.map(|e| e.to_string()).unwrap_or_default();
+            assert_eq!(text.matches(NOWHERE).count(), 1, "{text}");
+            return Ok(());
+        }
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "--exact",
+                "runtime::tests::a_missing_library_reaches_every_caller_as_missing",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .env("ORT_DYLIB_PATH", NOWHERE)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
     }
 }

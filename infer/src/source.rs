@@ -4,7 +4,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use onnx::checksum::{self, ChecksumError};
+
+use crate::s3::{self, S3Error};
 
 /// A model's location, parsed from `--model` / `MODEL_URI`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,17 +43,10 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("fetching model {uri}: {reason}")]
-    S3 { uri: String, reason: String },
-    #[error("checksum file {checksum} is not in sha256sum format (`<64 hex digits>  <name>`)")]
-    BadChecksumFile { checksum: String },
-    #[error("model {model} is corrupted: its sha256 is {actual}, but {checksum} says {expected}")]
-    ChecksumMismatch {
-        model: String,
-        checksum: String,
-        expected: String,
-        actual: String,
-    },
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error(transparent)]
+    Checksum(#[from] ChecksumError),
     #[error(
         "no model is bundled in this binary: models/{BUNDLED_NAME} did not exist when it was built; pass --model PATH or --model s3://bucket/key (or set MODEL_URI), or rebuild after training the model"
     )]
@@ -92,30 +87,33 @@ impl ModelSource {
         }
     }
 
-    /// The model's bytes, checked against the sha256 sidecar when there is one.
-    pub async fn fetch(&self) -> Result<(Vec<u8>, Option<String>), SourceError> {
+    /// The model's bytes and their sha256 (computed once, here), checked against the sidecar
+    /// when there is one.
+    pub async fn fetch(&self) -> Result<(Vec<u8>, String), SourceError> {
         match self {
             Self::File(path) => {
                 let bytes = read(path)?;
-                let sidecar = sidecar_path(path);
-                // The digest comes back so that a 45 MB model is hashed once.
-                let digest = match std::fs::read_to_string(&sidecar) {
-                    Ok(text) => Some(verify(
-                        &bytes,
-                        &text,
-                        &path.display().to_string(),
-                        &sidecar.display().to_string(),
-                    )?),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        tracing::warn!(model = %path.display(), "no sha256 sidecar; integrity not verified");
-                        None
-                    }
-                    Err(source) => return Err(SourceError::Read { path: sidecar, source }),
-                };
+                let digest = check_sidecar(path, checksum::sha256_hex(&bytes))?;
                 Ok((bytes, digest))
             }
-            Self::S3 { bucket, key } => crate::s3::fetch(bucket, key).await,
-            Self::Bundled => bundled().map(|b| (b.to_vec(), None)),
+            Self::S3 { bucket, key } => {
+                let fetched = s3::fetch(bucket, key).await?;
+                let digest = checksum::sha256_hex(&fetched.model);
+                let digest = match &fetched.sidecar {
+                    Some((uri, text)) => checksum::check(
+                        digest,
+                        &String::from_utf8_lossy(text),
+                        &format!("s3://{bucket}/{key}"),
+                        uri,
+                    )?,
+                    None => {
+                        tracing::warn!(model = %self, "no sha256 sidecar; integrity not verified");
+                        digest
+                    }
+                };
+                Ok((fetched.model, digest))
+            }
+            Self::Bundled => bundled().map(|(bytes, digest)| (bytes.to_vec(), digest)),
         }
     }
 }
@@ -127,84 +125,19 @@ fn read(path: &Path) -> Result<Vec<u8>, SourceError> {
     })
 }
 
-/// `<file>.sha256` beside `<file>`.
-pub fn sidecar_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".sha256");
-    PathBuf::from(name)
-}
-
-/// Hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Checks `bytes` against `sha256sum`-format text (`<hex>  <name>`; only the digest is compared)
-/// and returns the digest.
-pub fn verify(bytes: &[u8], checksum_text: &str, model: &str, checksum: &str) -> Result<String, SourceError> {
-    check_digest(sha256_hex(bytes), checksum_text, model, checksum)
-}
-
-fn check_digest(actual: String, checksum_text: &str, model: &str, checksum: &str) -> Result<String, SourceError> {
-    let expected = checksum_text
-        .split_whitespace()
-        .next()
-        .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
-        .ok_or_else(|| SourceError::BadChecksumFile {
-            checksum: checksum.to_owned(),
-        })?
-        .to_ascii_lowercase();
-    if actual == expected {
-        Ok(actual)
-    } else {
-        Err(SourceError::ChecksumMismatch {
-            model: model.to_owned(),
-            checksum: checksum.to_owned(),
-            expected,
-            actual,
-        })
-    }
-}
-
 /// The sha256 of the model file at `path`, checked against its sidecar when there is one,
 /// streamed so that a start from the graph cache never holds the model in memory.
 pub fn file_digest(path: &Path) -> Result<String, SourceError> {
-    use std::io::Read;
-    let read_err = |source| SourceError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(read_err)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0; 1 << 20];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(read_err(e)),
-        }
-    }
-    check_sidecar(path, hex::encode(hasher.finalize()))
+    check_sidecar(path, checksum::sha256_file(path)?)
 }
 
 /// `actual`, the sha256 of the model file at `path`, checked against the file's sidecar when
 /// there is one.
 pub fn check_sidecar(path: &Path, actual: String) -> Result<String, SourceError> {
-    let sidecar = sidecar_path(path);
-    match std::fs::read_to_string(&sidecar) {
-        Ok(text) => check_digest(
-            actual,
-            &text,
-            &path.display().to_string(),
-            &sidecar.display().to_string(),
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::warn!(model = %path.display(), "no sha256 sidecar; integrity not verified");
-            Ok(actual)
-        }
-        Err(source) => Err(SourceError::Read { path: sidecar, source }),
+    if !checksum::check_file(path, &actual)? {
+        tracing::warn!(model = %path.display(), "no sha256 sidecar; integrity not verified");
     }
+    Ok(actual)
 }
 
 /// Whether this binary carries a bundled model.
@@ -213,18 +146,19 @@ pub const HAS_BUNDLED_MODEL: bool = cfg!(bundled_model);
 #[cfg(bundled_model)]
 static BUNDLED: &[u8] = include_bytes!(env!("INFER_BUNDLED_MODEL"));
 
-/// The embedded model, verified against its embedded sidecar.
-pub fn bundled() -> Result<&'static [u8], SourceError> {
+/// The embedded model and its sha256, verified against its embedded sidecar.
+pub fn bundled() -> Result<(&'static [u8], String), SourceError> {
     #[cfg(bundled_model)]
     {
+        let digest = checksum::sha256_hex(BUNDLED);
         #[cfg(bundled_model_sha256)]
-        let _digest = verify(
-            BUNDLED,
+        let digest = checksum::check(
+            digest,
             include_str!(env!("INFER_BUNDLED_MODEL_SHA256")),
             &format!("bundled {BUNDLED_NAME}"),
             &format!("bundled {BUNDLED_NAME}.sha256"),
         )?;
-        Ok(BUNDLED)
+        Ok((BUNDLED, digest))
     }
     #[cfg(not(bundled_model))]
     Err(SourceError::NotBundled)
@@ -256,17 +190,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn checksum_must_match_and_be_well_formed() {
-        let digest = sha256_hex(b"abc");
-        assert!(verify(b"abc", &format!("{digest}  m.onnx\n"), "m", "m.sha256").is_ok());
-        assert!(verify(b"abc", &format!("{}  m.onnx\n", digest.to_uppercase()), "m", "m.sha256").is_ok());
-        let err = verify(b"abd", &format!("{digest}  m.onnx"), "m.onnx", "m.onnx.sha256").err();
-        let text = err.map(|e| e.to_string()).unwrap_or_default();
-        assert!(text.contains("m.onnx is corrupted") && text.contains(&digest), "{text}");
-        assert!(matches!(
-            verify(b"abc", "not-hex  m.onnx", "m", "m.sha256"),
-            Err(SourceError::BadChecksumFile { .. })
-        ));
+    /// Every source hands back the digest with the bytes, so that start-up hashes a model
+    /// once: with a sidecar, without one, and for the bundled model.
+    #[tokio::test]
+    async fn every_fetch_returns_the_digest_it_computed() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let bytes = b"\x08\x07not really a model".to_vec();
+        let bare = dir.path().join("bare.onnx");
+        std::fs::write(&bare, &bytes)?;
+        let checked = crate::testing::write_with_sidecar(dir.path(), "checked.onnx", &bytes)?;
+        for path in [bare, checked] {
+            let (got, digest) = ModelSource::File(path.clone()).fetch().await?;
+            assert_eq!((got, digest), (bytes.clone(), checksum::sha256_hex(&bytes)), "{path:?}");
+        }
+        if HAS_BUNDLED_MODEL {
+            let (got, digest) = ModelSource::Bundled.fetch().await?;
+            assert_eq!(digest, checksum::sha256_hex(&got));
+        }
+        Ok(())
     }
 }

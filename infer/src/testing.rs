@@ -46,8 +46,8 @@ impl TinyModel {
             class_names: self.class_names.clone(),
             input_height: self.height,
             input_width: self.width,
-            channel_order: "RGB".into(),
-            layout: "NCHW".into(),
+            channel_order: onnx::ChannelOrder::Rgb,
+            layout: onnx::Layout::Nchw,
             mean: [0.5; 3],
             std: [0.25; 3],
             architecture: "tiny-colour".into(),
@@ -63,6 +63,12 @@ impl TinyModel {
 
     /// The serialised ONNX model.
     pub fn build(&self) -> Vec<u8> {
+        self.build_with(self.with_metadata.then(|| self.metadata()).as_ref())
+    }
+
+    /// The serialised ONNX model carrying `metadata` (e.g. [`TinyModel::metadata`] with a field
+    /// changed), or no contract at all.
+    pub fn build_with(&self, metadata: Option<&ModelMetadata>) -> Vec<u8> {
         let classes = self.class_names.len() as i64;
         let batch = match self.fixed_batch {
             Some(n) => tensor_shape_proto::dimension::Value::DimValue(n),
@@ -100,15 +106,12 @@ impl TinyModel {
             output: vec![value_info("logits", vec![batch, dim(classes)])],
             ..Default::default()
         };
-        let metadata_props = if self.with_metadata {
-            self.metadata()
-                .to_props()
-                .into_iter()
-                .map(|(key, value)| StringStringEntryProto { key, value })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let metadata_props = metadata
+            .map(ModelMetadata::to_props)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| StringStringEntryProto { key, value })
+            .collect();
         ModelProto {
             ir_version: onnx::proto::IR_VERSION,
             opset_import: vec![OperatorSetIdProto {
@@ -129,8 +132,8 @@ pub fn write_with_sidecar(dir: &std::path::Path, name: &str, bytes: &[u8]) -> st
     let path = dir.join(name);
     std::fs::write(&path, bytes)?;
     std::fs::write(
-        crate::source::sidecar_path(&path),
-        format!("{}  {name}\n", crate::source::sha256_hex(bytes)),
+        onnx::checksum::sidecar_path(&path),
+        onnx::checksum::sidecar_line(&onnx::checksum::sha256_hex(bytes), &path),
     )?;
     Ok(path)
 }

@@ -11,6 +11,7 @@ use infer::host::{StartError, load_classifier};
 use infer::model::{Classifier, LoadOptions, Overrides};
 use infer::source::{ModelSource, SourceError};
 use infer::testing::{TinyModel, write_with_sidecar};
+use onnx::checksum::ChecksumError;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
@@ -197,10 +198,10 @@ fn a_model_that_fails_its_checksum_is_refused_even_when_its_graph_is_cached() ->
     let cache = dir.path().join("cache");
     let model = write_with_sidecar(dir.path(), "m.onnx", &skewed().build())?;
     load(&model, &cached(&cache))?;
-    let sidecar = infer::source::sidecar_path(&model);
+    let sidecar = onnx::checksum::sidecar_path(&model);
     std::fs::write(&sidecar, format!("{}  m.onnx\n", "0".repeat(64)))?;
     match load(&model, &cached(&cache)) {
-        Err(StartError::Source(SourceError::ChecksumMismatch { model: named, .. })) => {
+        Err(StartError::Source(SourceError::Checksum(ChecksumError::Mismatch { model: named, .. }))) => {
             assert!(named.ends_with("m.onnx"), "{named}");
         }
         other => anyhow::bail!("expected a checksum mismatch, got {other:?}"),
@@ -243,12 +244,12 @@ fn a_wrong_remembered_digest_never_serves_the_other_models_graph() -> Result<()>
 
     // As if a.onnx had held b's weights when it was last hashed.
     let graphs = GraphCache::new(&cache);
-    graphs.remember_digest(&a, &infer::source::sha256_hex(&b_bytes));
+    graphs.remember_digest(&a, &onnx::checksum::sha256_hex(&b_bytes));
     let again = load(&a, &cached(&cache))?;
     assert_eq!(again.cache_outcome(), CacheOutcome::Hit);
     assert_eq!(logits(&again)?, want);
-    assert_eq!(again.info().sha256, infer::source::sha256_hex(&a_bytes));
-    assert_eq!(graphs.remembered_digest(&a), Some(infer::source::sha256_hex(&a_bytes)));
+    assert_eq!(again.info().sha256, onnx::checksum::sha256_hex(&a_bytes));
+    assert_eq!(graphs.remembered_digest(&a), Some(onnx::checksum::sha256_hex(&a_bytes)));
     Ok(())
 }
 
@@ -279,26 +280,26 @@ fn a_settled_file_is_not_hashed_again_but_its_sidecar_still_is() -> Result<()> {
     // The note is believed without reading the file: the cache directory is trusted as its
     // graphs are (a note naming b's digest gets b's graph, once no sidecar contradicts it),
     // which is how this test can tell.
-    let sidecar = infer::source::sidecar_path(&a);
+    let sidecar = onnx::checksum::sidecar_path(&a);
     let kept = std::fs::read(&sidecar)?;
     std::fs::remove_file(&sidecar)?;
-    graphs.remember_digest(&a, &infer::source::sha256_hex(&b_bytes));
+    graphs.remember_digest(&a, &onnx::checksum::sha256_hex(&b_bytes));
     assert_eq!(logits(&*load(&a, &cached(&cache))?)?, want_b);
     std::fs::write(&sidecar, kept)?;
     match load(&a, &cached(&cache)) {
-        Err(StartError::Source(SourceError::ChecksumMismatch { .. })) => {}
+        Err(StartError::Source(SourceError::Checksum(ChecksumError::Mismatch { .. }))) => {}
         other => anyhow::bail!("the sidecar contradicts the note: expected a mismatch, got {other:?}"),
     }
     // For a file that is not settled, the same note is checked against a full hash.
-    graphs.remember_digest(&b, &infer::source::sha256_hex(&a_bytes));
+    graphs.remember_digest(&b, &onnx::checksum::sha256_hex(&a_bytes));
     assert_eq!(logits(&*load(&b, &cached(&cache))?)?, want_b);
 
     // With the right note, a settled file whose sidecar disagrees is refused all the same.
-    graphs.remember_digest(&a, &infer::source::sha256_hex(&a_bytes));
+    graphs.remember_digest(&a, &onnx::checksum::sha256_hex(&a_bytes));
     assert_eq!(logits(&*load(&a, &cached(&cache))?)?, want_a);
     std::fs::write(&sidecar, format!("{}  a.onnx\n", "0".repeat(64)))?;
     match load(&a, &cached(&cache)) {
-        Err(StartError::Source(SourceError::ChecksumMismatch { .. })) => Ok(()),
+        Err(StartError::Source(SourceError::Checksum(ChecksumError::Mismatch { .. }))) => Ok(()),
         other => anyhow::bail!("expected a checksum mismatch, got {other:?}"),
     }
 }
@@ -317,12 +318,12 @@ fn a_settled_file_rewritten_in_place_is_hashed_again_even_with_its_old_modificat
     // Same inode, same size, and the modification time put back: only the change time moved.
     std::fs::write(&model, &b_bytes)?;
     std::fs::write(
-        infer::source::sidecar_path(&model),
-        format!("{}  m.onnx\n", infer::source::sha256_hex(&b_bytes)),
+        onnx::checksum::sidecar_path(&model),
+        format!("{}  m.onnx\n", onnx::checksum::sha256_hex(&b_bytes)),
     )?;
     std::fs::File::options().write(true).open(&model)?.set_modified(old)?;
     let reloaded = load(&model, &cached(&cache))?;
-    assert_eq!(reloaded.info().sha256, infer::source::sha256_hex(&b_bytes));
+    assert_eq!(reloaded.info().sha256, onnx::checksum::sha256_hex(&b_bytes));
     assert_eq!(logits(&reloaded)?, logits(&*load(&model, &LoadOptions::uncached(1))?)?);
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! API Gateway REST (v1), HTTP API (v2) and Function URL events, parsed by `lambda_http` exactly
-//! as on Lambda (base64 binary bodies, stage in the path), through the same router in-process.
+//! as on Lambda (base64 binary bodies, the stage left out of the path as `infer` asks), through
+//! the same router in-process. One test: the variable that `lambda_http` reads is set first,
+//! while no other thread runs.
 
 mod common;
 
@@ -32,8 +34,8 @@ async fn send(event: &Value) -> Result<(u16, Value)> {
         infer::batch::BatchConfig::default(),
         infer::api::Limits::default(),
     );
-    let request = lambda_http::request::from_str(&event.to_string())?;
-    let request = infer::host::strip_stage(request).map(|body: lambda_http::Body| Body::from(body.to_vec()));
+    let request =
+        lambda_http::request::from_str(&event.to_string())?.map(|body: lambda_http::Body| Body::from(body.to_vec()));
     let response = app.oneshot(request).await?;
     let status = response.status().as_u16();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
@@ -41,9 +43,27 @@ async fn send(event: &Value) -> Result<(u16, Value)> {
 }
 
 #[tokio::test]
-async fn rest_api_event_with_stage_and_base64_body() -> Result<()> {
+async fn api_gateway_and_function_url_events_reach_the_routes() -> Result<()> {
+    // SAFETY: the only test of this binary, run before it starts any thread.
+    unsafe { infer::host::ignore_stage_in_path() };
+    rest_api_events_with_a_stage_and_base64_body().await?;
+    http_api_event_on_a_named_stage_and_function_url_event().await
+}
+
+/// `v1` is the template's stage: a path that starts with it must not lose it.
+async fn rest_api_events_with_a_stage_and_base64_body() -> Result<()> {
     let png = solid([240, 10, 10], 32, 32, ImageFormat::Png);
-    let event = json!({
+    for stage in ["prod", "v1"] {
+        let (status, reply) = send(&rest_event(stage, &png)).await?;
+        assert_eq!(status, 200, "{stage}: {reply}");
+        assert_eq!(reply["predictions"][0]["label"], "red", "{stage}");
+        assert_eq!(reply["predictions"][0]["top_k"].as_array().map(Vec::len), Some(1));
+    }
+    Ok(())
+}
+
+fn rest_event(stage: &str, png: &[u8]) -> Value {
+    json!({
         "resource": "/{proxy+}",
         "path": "/v1/predict",
         "httpMethod": "POST",
@@ -54,21 +74,15 @@ async fn rest_api_event_with_stage_and_base64_body() -> Result<()> {
         "pathParameters": {"proxy": "v1/predict"},
         "stageVariables": null,
         "requestContext": {
-            "accountId": "123456789012", "resourceId": "abc", "stage": "prod", "requestId": "req-rest-1",
+            "accountId": "123456789012", "resourceId": "abc", "stage": stage, "requestId": "req-rest-1",
             "identity": {"sourceIp": "192.0.2.1"}, "resourcePath": "/{proxy+}", "httpMethod": "POST",
-            "apiId": "abc", "path": "/prod/v1/predict"
+            "apiId": "abc", "path": format!("/{stage}/v1/predict")
         },
-        "body": b64(&png),
+        "body": b64(png),
         "isBase64Encoded": true
-    });
-    let (status, reply) = send(&event).await?;
-    assert_eq!(status, 200, "{reply}");
-    assert_eq!(reply["predictions"][0]["label"], "red");
-    assert_eq!(reply["predictions"][0]["top_k"].as_array().map(Vec::len), Some(1));
-    Ok(())
+    })
 }
 
-#[tokio::test]
 async fn http_api_event_on_a_named_stage_and_function_url_event() -> Result<()> {
     let png = solid([10, 10, 240], 32, 32, ImageFormat::Png);
     let context = |stage: &str, domain: &str| {

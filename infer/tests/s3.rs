@@ -70,6 +70,22 @@ fn infer_command(endpoint: &str, uri: &str) -> Command {
     command
 }
 
+/// Starts `infer serve` on `uri`: the child and the address it listens on, if it did start.
+fn serve(endpoint: &str, uri: &str) -> Result<(Child, Result<String>)> {
+    let mut child = infer_command(endpoint, uri)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .map(str::to_owned)
+        .with_context(|| format!("the server did not start: {line:?}"));
+    Ok((child, addr))
+}
+
 #[test]
 fn serves_a_model_from_s3_and_rejects_wrong_keys_and_corrupted_objects() -> Result<()> {
     let moto = moto()?;
@@ -79,18 +95,12 @@ fn serves_a_model_from_s3_and_rejects_wrong_keys_and_corrupted_objects() -> Resu
     put(
         &moto.endpoint,
         "models/tiny.onnx.sha256",
-        format!("{}  tiny.onnx\n", infer::source::sha256_hex(&model)).as_bytes(),
+        format!("{}  tiny.onnx\n", onnx::checksum::sha256_hex(&model)).as_bytes(),
     )?;
 
-    let mut child = infer_command(&moto.endpoint, "s3://models/tiny.onnx")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let addr = line.trim().strip_prefix("listening on http://").map(str::to_owned);
+    let (mut child, addr) = serve(&moto.endpoint, "s3://models/tiny.onnx")?;
     let result = (|| -> Result<()> {
-        let addr = addr.with_context(|| format!("the server did not start: {line:?}"))?;
+        let addr = addr?;
         let png = solid([240, 30, 30], 32, 32, ImageFormat::Png);
         let reply: Value = ureq::post(&format!("http://{addr}/v1/predict"))
             .header("Content-Type", "image/png")
@@ -126,11 +136,18 @@ fn serves_a_model_from_s3_and_rejects_wrong_keys_and_corrupted_objects() -> Resu
     put(
         &moto.endpoint,
         "models/bad.onnx.sha256",
-        format!("{}  bad.onnx\n", infer::source::sha256_hex(&model)).as_bytes(),
+        format!("{}  bad.onnx\n", onnx::checksum::sha256_hex(&model)).as_bytes(),
     )?;
     let output = infer_command(&moto.endpoint, "s3://models/bad.onnx").output()?;
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{err}");
     assert!(err.contains("s3://models/bad.onnx is corrupted"), "{err}");
+
+    // No sidecar at all (S3 answers 404 for it): the model is served, unverified.
+    put(&moto.endpoint, "models/plain.onnx", &model)?;
+    let (mut child, addr) = serve(&moto.endpoint, "s3://models/plain.onnx")?;
+    let _ = child.kill();
+    let _ = child.wait();
+    addr?;
     Ok(())
 }

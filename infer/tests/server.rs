@@ -63,7 +63,7 @@ fn serves_over_http_and_finishes_the_request_in_flight_on_sigterm() -> Result<()
     assert_eq!(ready["ready"], true);
     // The digest checked against the sidecar is the one the API reports.
     let info: Value = ureq::get(&format!("{url}/v1/model")).call()?.body_mut().read_json()?;
-    let digest = infer::source::sha256_hex(&std::fs::read(&model)?);
+    let digest = onnx::checksum::sha256_hex(&std::fs::read(&model)?);
     assert_eq!(info["sha256"], digest.as_str());
     assert_eq!(info["version"], &digest[..12]);
 
@@ -154,6 +154,24 @@ fn a_bad_model_stops_start_up_naming_the_file_and_reason() -> Result<()> {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success() && err.contains("foreign.onnx is incompatible") && err.contains("3 classes"),
+        "{err}"
+    );
+
+    // No ONNX Runtime library where ORT_DYLIB_PATH points: said once, with where it came from.
+    let output = Command::new(infer_bin())
+        .args(["serve", "--addr", "127.0.0.1:0", "--no-cache", "--model"])
+        .arg(&labelled)
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && err.contains(
+                "/nonexistent/libonnxruntime.so does not exist (from the ORT_DYLIB_PATH environment variable)"
+            )
+            && !err.contains("loading ONNX Runtime from"),
         "{err}"
     );
 

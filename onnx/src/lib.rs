@@ -12,4 +12,4 @@ pub mod checksum;
 pub mod metadata;
 pub mod proto;
 
-pub use metadata::{MetadataError, ModelMetadata};
+pub use metadata::{ChannelOrder, Layout, MetadataError, ModelMetadata};

@@ -41,6 +41,60 @@ pub enum MetadataError {
     },
 }
 
+/// The order of the colour planes the model's input expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ChannelOrder {
+    #[serde(rename = "RGB")]
+    Rgb,
+    #[serde(rename = "BGR")]
+    Bgr,
+}
+
+/// The order of the input tensor's dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Layout {
+    /// `[N, C, H, W]`: one plane per channel (what `train export` writes).
+    #[serde(rename = "NCHW")]
+    Nchw,
+    /// `[N, H, W, C]`: interleaved channels.
+    #[serde(rename = "NHWC")]
+    Nhwc,
+}
+
+/// Each contract value spelled as it is stored, in one table per type.
+macro_rules! spelled {
+    ($ty:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The value as the metadata stores it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s.trim() {
+                    $($text => Ok($ty::$variant),)+
+                    _ => Err(format!("expected one of {:?}", [$($text),+])),
+                }
+            }
+        }
+    };
+}
+
+spelled!(ChannelOrder { Rgb = "RGB", Bgr = "BGR" });
+spelled!(Layout { Nchw = "NCHW", Nhwc = "NHWC" });
+
 /// What `train export` writes and `infer` reads back.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelMetadata {
@@ -48,10 +102,8 @@ pub struct ModelMetadata {
     pub class_names: Vec<String>,
     pub input_height: u32,
     pub input_width: u32,
-    /// `"RGB"`.
-    pub channel_order: String,
-    /// `"NCHW"`.
-    pub layout: String,
+    pub channel_order: ChannelOrder,
+    pub layout: Layout,
     pub mean: [f32; 3],
     pub std: [f32; 3],
     /// e.g. `"resnet18-cifar"`.
@@ -76,8 +128,8 @@ impl ModelMetadata {
             (keys::CLASS_NAMES, json(&self.class_names)),
             (keys::INPUT_HEIGHT, self.input_height.to_string()),
             (keys::INPUT_WIDTH, self.input_width.to_string()),
-            (keys::CHANNEL_ORDER, self.channel_order.clone()),
-            (keys::LAYOUT, self.layout.clone()),
+            (keys::CHANNEL_ORDER, self.channel_order.to_string()),
+            (keys::LAYOUT, self.layout.to_string()),
             (keys::MEAN, json(&self.mean)),
             (keys::STD, json(&self.std)),
             (keys::ARCHITECTURE, self.architecture.clone()),
@@ -127,8 +179,8 @@ impl ModelMetadata {
             class_names,
             input_height: parse(keys::INPUT_HEIGHT, &required(keys::INPUT_HEIGHT)?)?,
             input_width: parse(keys::INPUT_WIDTH, &required(keys::INPUT_WIDTH)?)?,
-            channel_order: required(keys::CHANNEL_ORDER)?,
-            layout: required(keys::LAYOUT)?,
+            channel_order: parse(keys::CHANNEL_ORDER, &required(keys::CHANNEL_ORDER)?)?,
+            layout: parse(keys::LAYOUT, &required(keys::LAYOUT)?)?,
             mean: parse_json(keys::MEAN, &required(keys::MEAN)?)?,
             std,
             architecture: required(keys::ARCHITECTURE)?,
@@ -182,8 +234,8 @@ mod tests {
             class_names: vec!["cat".into(), "dog \"quoted\"".into()],
             input_height: 32,
             input_width: 32,
-            channel_order: "RGB".into(),
-            layout: "NCHW".into(),
+            channel_order: ChannelOrder::Rgb,
+            layout: Layout::Nchw,
             mean: [0.49, 0.48, 0.45],
             std: [0.25, 0.24, 0.26],
             architecture: "resnet18-cifar".into(),
@@ -229,30 +281,51 @@ mod tests {
             Err(MetadataError::Missing(keys::CLASS_NAMES))
         );
 
-        let mut props = sample().to_props();
-        for (k, v) in &mut props {
-            if k == keys::STD {
-                *v = "[0.2, 0.0, 0.2]".into();
-            }
-        }
-        let err = ModelMetadata::from_props(lookup(&props))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("`std`"), "{err}");
-
-        let mut props = sample().to_props();
-        for (k, v) in &mut props {
-            if k == keys::INPUT_WIDTH {
-                *v = "wide".into();
-            }
-        }
+        let err = read_with(keys::STD, "[0.2, 0.0, 0.2]").err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("`std`")), "{err:?}");
         assert!(matches!(
-            ModelMetadata::from_props(lookup(&props)),
+            read_with(keys::INPUT_WIDTH, "wide"),
             Err(MetadataError::Invalid {
                 key: keys::INPUT_WIDTH,
                 ..
             })
         ));
+        let err = read_with(keys::LAYOUT, "CHWN").err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("`layout`") && e.contains("NHWC")),
+            "{err:?}"
+        );
+    }
+
+    /// [`sample`]'s contract with `key` set to `value`, read back.
+    fn read_with(key: &str, value: &str) -> Result<ModelMetadata, MetadataError> {
+        let mut props = sample().to_props();
+        for (k, v) in &mut props {
+            if k == key {
+                *v = value.into();
+            }
+        }
+        ModelMetadata::from_props(lookup(&props))
+    }
+
+    #[test]
+    fn channel_order_and_layout_read_back_as_written() {
+        let meta = ModelMetadata {
+            channel_order: ChannelOrder::Bgr,
+            layout: Layout::Nhwc,
+            ..sample()
+        };
+        let props = meta.to_props();
+        let value = |key: &str| props.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(
+            (value(keys::CHANNEL_ORDER), value(keys::LAYOUT)),
+            (Some("BGR"), Some("NHWC"))
+        );
+        assert_eq!(ModelMetadata::from_props(lookup(&props)), Ok(meta));
+        assert_eq!(
+            serde_json::to_value(ChannelOrder::Rgb).ok(),
+            Some(serde_json::json!("RGB"))
+        );
     }
 }

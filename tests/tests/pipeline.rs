@@ -164,7 +164,7 @@ fn train_export_serve_and_lambda_agree() -> Result<()> {
         export: true,
         stop_after: None,
     };
-    let opts = train::fit::FitOptions {
+    let opts = train::options::FitOptions {
         epochs: 3,
         batch_size: 30,
         width: 4,

@@ -7,8 +7,9 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::fit::{FitOptions, Trainer};
 use crate::model::{ModelError, ResNetConfig};
+use crate::options::FitOptions;
+use crate::trainer::Trainer;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchOptions {

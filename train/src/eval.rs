@@ -134,9 +134,7 @@ pub fn evaluate(
         Ok(())
     })?;
     let loss_sum = loss_sum.double_value(&[]);
-    let confusion = confusion.to_device(Device::Cpu);
-    let flat = Vec::<i64>::try_from(&confusion).unwrap_or_default();
-    let confusion: Vec<Vec<i64>> = flat.chunks(classes as usize).map(<[i64]>::to_vec).collect();
+    let confusion = confusion_rows(&confusion, classes)?;
     let correct: i64 = (0..classes as usize).map(|i| confusion[i][i]).sum();
     Ok(Evaluation {
         loss: loss_sum / n.max(1) as f64,
@@ -144,6 +142,19 @@ pub fn evaluate(
         images: n,
         confusion,
     })
+}
+
+/// `confusion[true][predicted]` from the flat counts that `evaluate` sums on the device.
+fn confusion_rows(flat: &Tensor, classes: i64) -> Result<Vec<Vec<i64>>, ModelError> {
+    let readback = |reason: String| ModelError::Readback {
+        what: "the confusion matrix",
+        reason,
+    };
+    let flat = Vec::<i64>::try_from(&flat.to_device(Device::Cpu)).map_err(|e| readback(e.to_string()))?;
+    if classes < 1 || flat.len() as i64 != classes * classes {
+        return Err(readback(format!("{} counts for {classes} classes", flat.len())));
+    }
+    Ok(flat.chunks(classes as usize).map(<[i64]>::to_vec).collect())
 }
 
 #[cfg(test)]
@@ -192,5 +203,21 @@ mod tests {
         let text = whole.report(&names).to_string();
         assert!(text.contains("confusion matrix") && text.contains("\nc "), "{text}");
         Ok(())
+    }
+
+    #[test]
+    fn a_confusion_matrix_that_does_not_read_back_is_an_error() {
+        let square = Tensor::zeros([3, 3], (Kind::Int64, Device::Cpu));
+        let short = Tensor::zeros([8], (Kind::Int64, Device::Cpu));
+        for (counts, classes) in [(&square, 3), (&short, 3)] {
+            let msg = confusion_rows(counts, classes).err().map(|e| e.to_string());
+            assert!(
+                msg.as_deref().is_some_and(|m| m.contains("confusion matrix")),
+                "{:?}: {msg:?}",
+                counts.size()
+            );
+        }
+        let ok = confusion_rows(&Tensor::arange(4, (Kind::Int64, Device::Cpu)), 2).ok();
+        assert_eq!(ok, Some(vec![vec![0, 1], vec![2, 3]]));
     }
 }

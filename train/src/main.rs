@@ -4,12 +4,13 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tch::Device;
 
-use train::fit::{FitOptions, RunSettings};
+use train::fit::RunSettings;
 use train::model::ResNetConfig;
 use train::optim::Schedule;
+use train::options::FitOptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,12 +84,13 @@ impl Machine {
         match self.channels_last {
             Toggle::On => true,
             Toggle::Off => false,
-            Toggle::Auto => device.is_cuda() || width % 8 == 0,
+            Toggle::Auto => train::trainer::channels_last_supported(width, device),
         }
     }
 }
 
-/// Options of `fit`; those left out come from the defaults, or on `--resume` from the run.
+/// Options of `fit`; those left out come from the defaults, or on `--resume` from the run
+/// (which is why they are `Option`s: their help shows the defaults, see [`with_fit_defaults`]).
 #[derive(Debug, Args)]
 struct FitArgs {
     /// Data set: a directory (CIFAR binary or train/<class>/ image folders) or a .tar.gz of one.
@@ -100,34 +102,28 @@ struct FitArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
-    /// [default: 30]
     #[arg(long)]
     epochs: Option<u32>,
-    /// [default: 128]
     #[arg(long)]
     batch_size: Option<i64>,
-    /// Peak learning rate [default: 0.2].
+    /// Peak learning rate.
     #[arg(long)]
     lr: Option<f64>,
-    /// [default: 0.9]
     #[arg(long)]
     momentum: Option<f64>,
-    /// On conv and linear weights only [default: 5e-4].
+    /// On conv and linear weights only.
     #[arg(long)]
     weight_decay: Option<f64>,
-    /// [default: 0.1]
     #[arg(long)]
     label_smoothing: Option<f64>,
-    /// [default: one-cycle]
     #[arg(long, value_enum)]
     schedule: Option<Schedule>,
-    /// Warm-up of the warmup-cosine schedule [default: 2].
+    /// Warm-up of the warmup-cosine schedule.
     #[arg(long)]
     warmup_epochs: Option<f64>,
-    /// Channels of the first stage (64 = standard ResNet-18) [default: 64].
+    /// Channels of the first stage (64 = standard ResNet-18).
     #[arg(long)]
     width: Option<i64>,
-    /// [default: 0]
     #[arg(long)]
     seed: Option<u64>,
     /// Turn off random crop and flip.
@@ -189,6 +185,27 @@ impl FitArgs {
         }
         Ok(o)
     }
+}
+
+/// Appends `[default: X]` to the help of every `fit` option that is a field of [`FitOptions`],
+/// X read from `FitOptions::default()` (the arguments' ids are the fields' names).
+fn with_fit_defaults(cli: clap::Command) -> clap::Command {
+    let Ok(serde_json::Value::Object(defaults)) = serde_json::to_value(FitOptions::default()) else {
+        return cli;
+    };
+    cli.mut_subcommand("fit", |fit| {
+        fit.mut_args(|arg| {
+            let value = match defaults.get(arg.get_id().as_str()) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                // As Rust prints the number: `2`, not serde_json's `2.0`.
+                Some(serde_json::Value::Number(n)) => n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()),
+                // Flags (`--flip-tta`) and options without a default (`--limit-train`).
+                _ => return arg,
+            };
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!("{help} [default: {value}]").trim_start().to_owned())
+        })
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,7 +298,8 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let progress = std::io::stderr().is_terminal();
-    match Cli::parse().command {
+    let cli = Cli::from_arg_matches(&with_fit_defaults(Cli::command()).get_matches()).unwrap_or_else(|e| e.exit());
+    match cli.command {
         Command::Summary { width, num_classes } => {
             let summary = train::summary::summarise(ResNetConfig { width, num_classes }, 2)?;
             println!("{summary}");
@@ -403,4 +421,37 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_help_shows_the_defaults_that_fit_uses() -> Result<()> {
+        let mut cli = with_fit_defaults(Cli::command());
+        let help = cli
+            .find_subcommand_mut("fit")
+            .context("no fit subcommand")?
+            .render_help()
+            .to_string();
+        let d = FitOptions::default();
+        for shown in [
+            format!("[default: {}]", d.epochs),
+            format!("[default: {}]", d.batch_size),
+            format!("Peak learning rate [default: {}]", d.lr),
+            format!("[default: {}]", d.weight_decay),
+            format!("[default: {}]", d.warmup_epochs),
+            "[default: one-cycle]".to_owned(),
+        ] {
+            assert!(help.contains(&shown), "{shown} in\n{help}");
+        }
+        // Given nothing, a new run trains with exactly those defaults.
+        let cli = Cli::try_parse_from(["train", "fit", "--data", "d", "--out", "/nonexistent/run"])?;
+        let Command::Fit(args) = cli.command else {
+            bail!("parsed as another command");
+        };
+        assert_eq!(args.options()?, d);
+        Ok(())
+    }
 }

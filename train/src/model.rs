@@ -39,6 +39,8 @@ pub enum ModelError {
     TrainingBatchOfOne(i64),
     #[error("invalid model configuration: {0}")]
     Config(String),
+    #[error("cannot read {what} back from the device: {reason}")]
+    Readback { what: &'static str, reason: String },
 }
 
 /// A convolution without bias followed by BatchNorm (bias would be cancelled by the BN mean).

@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{FontStyle, register_font};
 
-use crate::fit::EpochMetrics;
+use crate::metrics::EpochMetrics;
 
 const FONT: &[u8] = include_bytes!("../../scratch/assets/DejaVuSansMono.ttf");
 const FAMILY: &str = "dejavu-mono";

@@ -64,14 +64,13 @@ mod tests {
         assert_eq!(parse_level("loud"), None);
     }
 
-    /// Run in a child process (libtorch warns about this once per process): resizes a
-    /// non-empty `out` tensor, which libtorch 2.11 warns about, at the level in the variable.
-    #[test]
-    fn child_emits_a_libtorch_warning() {
-        let Ok(level) = std::env::var("TORCH_LOG_PROBE") else {
-            return;
-        };
-        set_level(parse_level(&level).unwrap_or(1));
+    /// Names the level for the child process of the test below, and marks it as the child.
+    const PROBE: &str = "TORCH_LOG_PROBE";
+
+    /// Resizes a non-empty `out` tensor, which libtorch 2.11 warns about (once per process,
+    /// hence a child process per level), at `level`.
+    fn emit_a_libtorch_warning(level: &str) {
+        set_level(parse_level(level).unwrap_or(1));
         let a = Tensor::ones([4], (Kind::Float, Device::Cpu));
         let out = Tensor::zeros([2], (Kind::Float, Device::Cpu));
         let _ = a.add_out(&out, &a);
@@ -79,21 +78,28 @@ mod tests {
 
     #[test]
     fn the_level_decides_whether_libtorch_warnings_print() -> Result<(), Box<dyn std::error::Error>> {
+        // The child: this test re-run by itself (below) with the level to try.
+        if let Ok(level) = std::env::var(PROBE) {
+            emit_a_libtorch_warning(&level);
+            return Ok(());
+        }
         let exe = std::env::current_exe()?;
         let stderr_at = |level: &str| -> Result<String, Box<dyn std::error::Error>> {
             let out = Command::new(&exe)
                 .args([
                     "--exact",
-                    "torch_log::tests::child_emits_a_libtorch_warning",
+                    "torch_log::tests::the_level_decides_whether_libtorch_warnings_print",
                     "--nocapture",
                 ])
-                .env("TORCH_LOG_PROBE", level)
+                .env(PROBE, level)
                 .output()?;
             assert!(
                 out.status.success(),
                 "{level}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("1 passed"), "the child ran the probe: {stdout}");
             Ok(String::from_utf8_lossy(&out.stderr).into_owned())
         };
         let marker = "was resized";

@@ -229,7 +229,10 @@ fn metadata_round_trips_through_onnx_runtime() -> TestResult {
     let read = onnx::ModelMetadata::from_props(|k| meta.custom(k))?;
     assert_eq!(read.class_names, info.class_names);
     assert_eq!((read.input_height, read.input_width), (32, 32));
-    assert_eq!((read.channel_order.as_str(), read.layout.as_str()), ("RGB", "NCHW"));
+    assert_eq!(
+        (read.channel_order, read.layout),
+        (onnx::ChannelOrder::Rgb, onnx::Layout::Nchw)
+    );
     assert_eq!((read.mean, read.std), (info.mean, info.std));
     assert_eq!((read.architecture.as_str(), read.width), (export::ARCHITECTURE, 4));
     assert_eq!(read.dataset, info.dataset);

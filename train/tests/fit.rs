@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use tch::Device;
 use train::checkpoint::{self, TrainingState};
-use train::fit::{self, FitError, FitOptions, RunSettings};
+use train::fit::{self, FitError, RunSettings};
+use train::metrics::read_metrics;
+use train::options::FitOptions;
 
 type Error = Box<dyn std::error::Error>;
 type TestResult = Result<(), Error>;
@@ -87,7 +89,7 @@ fn assert_same_state(a: &Path, b: &Path) -> TestResult {
 
 /// `(epoch, train loss, test loss)` per line.
 fn metric_values(path: &Path) -> Result<Vec<(u32, f64, f64)>, Error> {
-    Ok(fit::read_metrics(path, u32::MAX)?
+    Ok(read_metrics(path, u32::MAX)?
         .into_iter()
         .map(|m| (m.epoch, m.train_loss, m.test_loss))
         .collect())
@@ -169,7 +171,7 @@ fn nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() -> TestResult {
     let msg = err.to_string();
     assert!(msg.contains("NaN") && msg.contains(fit::CHECKPOINT_FILE), "{msg}");
     assert_eq!(fs::read(&ckpt)?, before, "the last checkpoint was touched");
-    assert_eq!(fit::read_metrics(&run.join(fit::METRICS_FILE), u32::MAX)?.len(), 1);
+    assert_eq!(read_metrics(&run.join(fit::METRICS_FILE), u32::MAX)?.len(), 1);
     Ok(())
 }
 
@@ -260,7 +262,7 @@ fn cli_fit_eval_summary_bench_and_kill_then_resume() -> TestResult {
     ] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
-    let metrics = fit::read_metrics(&run.join(fit::METRICS_FILE), u32::MAX)?;
+    let metrics = read_metrics(&run.join(fit::METRICS_FILE), u32::MAX)?;
     assert_eq!(metrics.len(), 2);
     // What scripts and plots read from each line: its keys and their JSON types, pinned.
     let text = std::fs::read_to_string(run.join(fit::METRICS_FILE))?;
@@ -369,7 +371,7 @@ fn cli_fit_eval_summary_bench_and_kill_then_resume() -> TestResult {
         "1",
     ]))?;
     assert_eq!(checkpoint::read(&ckpt)?.info.epochs, 6);
-    let epochs: Vec<u32> = fit::read_metrics(&killed.join(fit::METRICS_FILE), u32::MAX)?
+    let epochs: Vec<u32> = read_metrics(&killed.join(fit::METRICS_FILE), u32::MAX)?
         .iter()
         .map(|m| m.epoch)
         .collect();

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::env::Env;
 use crate::paths;
-use crate::tasks::Env;
 
 pub const TEMPLATE: &str = "infra/template.yaml";
 /// The once-per-account stack of deploy roles and shared buckets.
@@ -307,7 +307,7 @@ mod tests {
     #[test]
     fn zizmor_and_actionlint_reject_an_unpinned_injectable_workflow() -> Result<()> {
         let env = env()?;
-        let dir = crate::package::TempDir::new()?;
+        let dir = tempfile::tempdir()?;
         let wf = write(dir.path(), ".github/workflows/bad.yml", BAD_WORKFLOW)?;
         rejects(zizmor(&env, std::slice::from_ref(&wf)), "unpinned-uses")?;
         rejects(zizmor(&env, std::slice::from_ref(&wf)), "template-injection")?;
@@ -318,7 +318,7 @@ mod tests {
     #[test]
     fn hadolint_rejects_a_latest_root_image() -> Result<()> {
         let env = env()?;
-        let dir = crate::package::TempDir::new()?;
+        let dir = tempfile::tempdir()?;
         let df = write(
             dir.path(),
             "Dockerfile",
@@ -330,7 +330,7 @@ mod tests {
     #[test]
     fn cfn_lint_and_checkov_reject_a_public_unencrypted_bucket() -> Result<()> {
         let env = env()?;
-        let dir = crate::package::TempDir::new()?;
+        let dir = tempfile::tempdir()?;
         let t = write(
             dir.path(),
             "t.yaml",
@@ -344,7 +344,7 @@ mod tests {
     #[test]
     fn the_sam_transform_resolves_each_variant() -> Result<()> {
         let env = env()?;
-        let dir = crate::package::TempDir::new()?;
+        let dir = tempfile::tempdir()?;
         let files = sam_variants(&env, &paths::repo_root().join(TEMPLATE), dir.path())?;
         assert_eq!(files.len(), VARIANTS.len());
         let image = std::fs::read_to_string(files.last().context("variants")?)?;

@@ -5,6 +5,8 @@
 //! model. Every command that needs the runtimes runs `setup` first, so a fresh clone needs no
 //! manual step.
 
+mod elf;
+mod env;
 mod lint;
 mod native;
 mod package;

@@ -5,12 +5,11 @@
 //! inside wheels there.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use sha2::{Digest, Sha256};
 
 /// One wheel, pinned to the exact file pip must produce.
 #[derive(Debug, Clone, Copy)]
@@ -112,19 +111,7 @@ pub fn python() -> String {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(onnx::checksum::sha256_file(path)?)
 }
 
 /// Copies the members of `wheel` selected by `pick` (which maps a member name to its

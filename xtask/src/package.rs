@@ -13,8 +13,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use zip::write::SimpleFileOptions;
 
-use crate::tasks::{self, Env};
-use crate::{native, paths};
+use crate::elf;
+use crate::env::{Env, run_step};
+use onnx::checksum;
+
+use crate::paths;
 
 /// The names Lambda (and `infer`) expect at the root of the zip: `/var/task/<name>` at run time.
 pub const BOOTSTRAP: &str = "bootstrap";
@@ -285,14 +288,13 @@ pub fn inspect(zip_path: &Path, arch: Arch, model: bool) -> Result<Report> {
             _ => None,
         };
         if name == MODEL_SHA256 {
-            let want = std::str::from_utf8(bytes)
-                .ok()
-                .and_then(|t| t.split_whitespace().next());
-            let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&found[MODEL].2));
-            ensure!(
-                want.is_some_and(|w| w.eq_ignore_ascii_case(&got)),
-                "{name} does not match model.onnx (whose sha256 is {got})"
-            );
+            checksum::check(
+                checksum::sha256_hex(&found[MODEL].2),
+                &String::from_utf8_lossy(bytes),
+                MODEL,
+                name,
+            )
+            .with_context(|| format!("{name} does not match {MODEL}"))?;
         } else if let Some(kind) = kind {
             let info = elf::Elf::parse(bytes).with_context(|| format!("{name} is not a usable ELF file"))?;
             info.expect(kind, arch.elf_machine())
@@ -331,27 +333,14 @@ pub fn inspect(zip_path: &Path, arch: Arch, model: bool) -> Result<Report> {
     })
 }
 
-/// Reads `<model>.sha256` when it exists (`sha256sum` format: the first word is the hex
-/// digest), checks the model against it, and returns the digest.
+/// Checks the model against `<model>.sha256` when that exists, and returns the digest then.
 pub fn model_digest(model: &Path) -> Result<Option<String>> {
-    let mut sidecar = model.as_os_str().to_owned();
-    sidecar.push(".sha256");
-    let sidecar = PathBuf::from(sidecar);
-    let Ok(text) = fs::read_to_string(&sidecar) else {
+    if !checksum::sidecar_path(model).exists() {
         return Ok(None);
-    };
-    let want = text
-        .split_whitespace()
-        .next()
-        .with_context(|| format!("{} is empty", sidecar.display()))?;
-    let got = native::sha256_file(model)?;
-    ensure!(
-        got.eq_ignore_ascii_case(want),
-        "{} has sha256 {got} but {} says {want}",
-        model.display(),
-        sidecar.display()
-    );
-    Ok(Some(got))
+    }
+    let digest = checksum::sha256_file(model)?;
+    checksum::check_file(model, &digest)?;
+    Ok(Some(digest))
 }
 
 /// Where `cargo xtask package` writes the zip.
@@ -372,7 +361,7 @@ pub fn package(env: &Env, arch: Arch, model: Option<&Path>, out: &Path) -> Resul
     build
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
-    tasks::run_step(
+    run_step(
         &format!("cargo lambda build ({arch})"),
         build.args([
             "lambda",
@@ -408,242 +397,10 @@ pub fn package(env: &Env, arch: Arch, model: Option<&Path>, out: &Path) -> Resul
     Ok(report)
 }
 
-/// Minimal ELF64 reading: just what the package checks need, bounds-checked throughout.
-pub mod elf {
-    use anyhow::{Context, Result, bail, ensure};
-    use std::fmt;
-
-    pub const EM_X86_64: u16 = 62;
-    pub const EM_AARCH64: u16 = 183;
-    const ET_EXEC: u16 = 2;
-    const ET_DYN: u16 = 3;
-    const PT_INTERP: u32 = 3;
-    const SHT_DYNSYM: u32 = 11;
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Kind {
-        Executable,
-        SharedLibrary,
-    }
-
-    impl Kind {
-        fn with_article(self) -> &'static str {
-            match self {
-                Kind::Executable => "an executable",
-                Kind::SharedLibrary => "a shared library",
-            }
-        }
-    }
-
-    impl fmt::Display for Kind {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(match self {
-                Kind::Executable => "executable",
-                Kind::SharedLibrary => "shared library",
-            })
-        }
-    }
-
-    pub fn machine_name(machine: u16) -> String {
-        match machine {
-            EM_X86_64 => "x86_64".to_owned(),
-            EM_AARCH64 => "aarch64".to_owned(),
-            3 => "i386".to_owned(),
-            40 => "arm".to_owned(),
-            243 => "riscv".to_owned(),
-            other => format!("machine {other}"),
-        }
-    }
-
-    #[derive(Debug)]
-    pub struct Elf<'a> {
-        data: &'a [u8],
-        pub e_type: u16,
-        pub machine: u16,
-        has_interp: bool,
-    }
-
-    fn u16_at(d: &[u8], off: usize) -> Result<u16> {
-        let b = d.get(off..off + 2).context("truncated ELF file")?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-    fn u32_at(d: &[u8], off: usize) -> Result<u32> {
-        let b = d.get(off..off + 4).context("truncated ELF file")?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64_at(d: &[u8], off: usize) -> Result<u64> {
-        let b = d.get(off..off + 8).context("truncated ELF file")?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn usize_at(d: &[u8], off: usize) -> Result<usize> {
-        usize::try_from(u64_at(d, off)?).context("ELF offset out of range")
-    }
-
-    impl<'a> Elf<'a> {
-        pub fn parse(data: &'a [u8]) -> Result<Self> {
-            ensure!(data.get(..4) == Some(b"\x7fELF".as_slice()), "no ELF magic number");
-            ensure!(data.get(4) == Some(&2), "not a 64-bit ELF file");
-            ensure!(data.get(5) == Some(&1), "not a little-endian ELF file");
-            let e_type = u16_at(data, 16)?;
-            let machine = u16_at(data, 18)?;
-            let phoff = usize_at(data, 32)?;
-            let phentsize = usize::from(u16_at(data, 54)?);
-            let phnum = usize::from(u16_at(data, 56)?);
-            let mut has_interp = false;
-            for i in 0..phnum {
-                if u32_at(data, phoff + i * phentsize)? == PT_INTERP {
-                    has_interp = true;
-                }
-            }
-            Ok(Elf {
-                data,
-                e_type,
-                machine,
-                has_interp,
-            })
-        }
-
-        pub fn kind(&self) -> Result<Kind> {
-            match self.e_type {
-                ET_EXEC => Ok(Kind::Executable),
-                // A PIE executable is ET_DYN too; only it asks for a program interpreter.
-                ET_DYN if self.has_interp => Ok(Kind::Executable),
-                ET_DYN => Ok(Kind::SharedLibrary),
-                other => bail!("ELF type {other} is neither an executable nor a shared library"),
-            }
-        }
-
-        pub fn expect(&self, kind: Kind, machine: u16) -> Result<()> {
-            ensure!(
-                self.machine == machine,
-                "it is built for {}, not {}",
-                machine_name(self.machine),
-                machine_name(machine)
-            );
-            let got = self.kind()?;
-            ensure!(got == kind, "it is {}, not {}", got.with_article(), kind.with_article());
-            Ok(())
-        }
-
-        /// The dynamic symbol table and its string table, if the file has them.
-        fn dynsym(&self) -> Result<Option<(&'a [u8], &'a [u8])>> {
-            let d = self.data;
-            let shoff = usize_at(d, 40)?;
-            let shentsize = usize::from(u16_at(d, 58)?);
-            let shnum = usize::from(u16_at(d, 60)?);
-            let section = |i: usize| -> Result<(u32, &'a [u8], u32)> {
-                let h = shoff + i * shentsize;
-                let (off, size) = (usize_at(d, h + 24)?, usize_at(d, h + 32)?);
-                let body = d
-                    .get(off..off.saturating_add(size))
-                    .context("ELF section out of bounds")?;
-                Ok((u32_at(d, h + 4)?, body, u32_at(d, h + 40)?))
-            };
-            for i in 0..shnum {
-                let (kind, body, link) = section(i)?;
-                if kind == SHT_DYNSYM {
-                    let (_, strings, _) = section(usize::try_from(link)?)?;
-                    return Ok(Some((body, strings)));
-                }
-            }
-            Ok(None)
-        }
-
-        /// Whether a defined dynamic symbol `name` exists.
-        pub fn exports(&self, name: &str) -> Result<bool> {
-            let Some((symbols, strings)) = self.dynsym()? else {
-                return Ok(false);
-            };
-            for sym in symbols.chunks_exact(24) {
-                let name_off = usize::try_from(u32_at(sym, 0)?)?;
-                let defined = u16_at(sym, 6)? != 0;
-                if defined && c_str(strings, name_off) == Some(name.as_bytes()) {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        }
-
-        /// The newest `GLIBC_x.y` version among the dynamic strings (where version needs live).
-        pub fn max_glibc(&self) -> Result<Option<(u32, u32)>> {
-            let Some((_, strings)) = self.dynsym()? else {
-                return Ok(None);
-            };
-            Ok(strings
-                .split(|&b| b == 0)
-                .filter_map(|s| std::str::from_utf8(s).ok())
-                .filter_map(parse_glibc)
-                .max())
-        }
-    }
-
-    fn c_str(strings: &[u8], off: usize) -> Option<&[u8]> {
-        let rest = strings.get(off..)?;
-        let end = rest.iter().position(|&b| b == 0)?;
-        Some(&rest[..end])
-    }
-
-    /// `GLIBC_2.34` -> (2, 34); `GLIBC_2.2.5` -> (2, 2); anything else -> None.
-    pub fn parse_glibc(s: &str) -> Option<(u32, u32)> {
-        let mut parts = s.strip_prefix("GLIBC_")?.split('.');
-        let major = parts.next()?.parse().ok()?;
-        let minor = parts.next()?.parse().ok()?;
-        Some((major, minor))
-    }
-}
-
-/// A folder removed on drop, for tests (xtask keeps its dependencies to what it runs).
-#[cfg(test)]
-#[derive(Debug)]
-pub(crate) struct TempDir(PathBuf);
-
-#[cfg(test)]
-impl TempDir {
-    pub(crate) fn new() -> Result<Self> {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("xtask-test-{}-{n}", std::process::id()));
-        if dir.exists() {
-            fs::remove_dir_all(&dir)?;
-        }
-        fs::create_dir_all(&dir)?;
-        Ok(TempDir(dir))
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-#[cfg(test)]
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A header-only ELF64 file: enough for the architecture and kind checks.
-    fn elf_header(machine: u16, e_type: u16) -> Vec<u8> {
-        let mut h = vec![0u8; 64];
-        h[..4].copy_from_slice(b"\x7fELF");
-        h[4] = 2; // 64-bit
-        h[5] = 1; // little-endian
-        h[6] = 1; // version
-        h[16..18].copy_from_slice(&e_type.to_le_bytes());
-        h[18..20].copy_from_slice(&machine.to_le_bytes());
-        h[20..24].copy_from_slice(&1u32.to_le_bytes());
-        h[52..54].copy_from_slice(&64u16.to_le_bytes());
-        h[54..56].copy_from_slice(&56u16.to_le_bytes());
-        h[58..60].copy_from_slice(&64u16.to_le_bytes());
-        h
-    }
+    use crate::elf::tests::elf_header;
 
     fn real_library(arch: &str) -> Result<PathBuf> {
         let lib = paths::native_link().join("onnxruntime").join(arch).join(LIBRARY);
@@ -652,12 +409,14 @@ mod tests {
     }
 
     struct Fixture {
-        dir: TempDir,
+        dir: tempfile::TempDir,
     }
 
     impl Fixture {
         fn new() -> Result<Self> {
-            Ok(Fixture { dir: TempDir::new()? })
+            Ok(Fixture {
+                dir: tempfile::tempdir()?,
+            })
         }
         fn file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
             let path = self.dir.path().join(name);
@@ -823,17 +582,6 @@ mod tests {
     }
 
     #[test]
-    fn garbage_and_truncated_elf_files_are_rejected() {
-        assert!(elf::Elf::parse(b"#!/bin/sh\necho hi\n").is_err());
-        let header = elf_header(elf::EM_AARCH64, 2);
-        assert!(elf::Elf::parse(&header[..40]).is_err());
-        let mut bad = header.clone();
-        bad[56..58].copy_from_slice(&3u16.to_le_bytes()); // three program headers past the end
-        bad[32..40].copy_from_slice(&64u64.to_le_bytes());
-        assert!(elf::Elf::parse(&bad).is_err());
-    }
-
-    #[test]
     fn glibc_versions_parse_and_the_limit_is_al2023s() {
         assert_eq!(elf::parse_glibc("GLIBC_2.34"), Some((2, 34)));
         assert_eq!(elf::parse_glibc("GLIBC_2.2.5"), Some((2, 2)));
@@ -891,7 +639,7 @@ mod tests {
         let fx = Fixture::new()?;
         let model = fx.file("m.onnx", b"\x08\x07model")?;
         assert_eq!(model_digest(&model)?, None, "no sidecar: nothing to check");
-        let digest = native::sha256_file(&model)?;
+        let digest = checksum::sha256_file(&model)?;
         fx.file("m.onnx.sha256", format!("{digest}  m.onnx\n").as_bytes())?;
         assert_eq!(model_digest(&model)?.as_deref(), Some(digest.as_str()));
 

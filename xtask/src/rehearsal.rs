@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::tasks::{Env, run_step};
+use crate::env::{Env, run_step};
 use crate::{package, paths};
 
 /// The x86-64 `infer` that `cargo build` / `cargo test` left in the target directory.

@@ -335,7 +335,7 @@ async fn model_info(State(state): State<Shared>) -> Json<Value> {
         "source": info.source,
         "class_names": info.class_names,
         "input": {"name": info.input_name, "height": info.input_height, "width": info.input_width,
-                  "channel_order": "RGB", "layout": "NCHW", "mean": info.mean, "std": info.std},
+                  "channel_order": info.channel_order, "layout": info.layout, "mean": info.mean, "std": info.std},
         "output": {"name": info.output_name, "classes": info.num_classes()},
         "batching": state.engine.batching(),
         "metadata": info.metadata,

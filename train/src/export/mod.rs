@@ -173,8 +173,8 @@ pub fn metadata_for(info: &CheckpointInfo) -> ModelMetadata {
         class_names: info.class_names.clone(),
         input_height: INPUT_SIZE,
         input_width: INPUT_SIZE,
-        channel_order: "RGB".to_owned(),
-        layout: "NCHW".to_owned(),
+        channel_order: onnx::ChannelOrder::Rgb,
+        layout: onnx::Layout::Nchw,
         mean: info.mean,
         std: info.std,
         architecture: ARCHITECTURE.to_owned(),
@@ -289,9 +289,9 @@ fn check_metadata(model: &ResNet18, meta: &ModelMetadata) -> Result<(), ExportEr
             config.num_classes
         )));
     }
-    if meta.layout != "NCHW" {
+    if meta.layout != onnx::Layout::Nchw {
         return Err(ExportError::Metadata(format!(
-            "layout {:?}: the graph's input is NCHW",
+            "layout {}: the graph's input is NCHW",
             meta.layout
         )));
     }
