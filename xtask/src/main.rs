@@ -5,6 +5,7 @@
 //! model. Every command that needs the runtimes runs `setup` first, so a fresh clone needs no
 //! manual step.
 
+mod debian;
 mod lint;
 mod native;
 mod package;
