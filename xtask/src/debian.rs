@@ -71,7 +71,10 @@ fn apt(sudo: bool, args: &[&str]) -> Result<()> {
     } else {
         Command::new("apt-get")
     };
-    cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    // Another apt-get (unattended upgrades, a parallel set-up) may hold dpkg's lock: wait for it.
+    cmd.args(["-o", "DPkg::Lock::Timeout=300"])
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive");
     let status = cmd
         .status()
         .with_context(|| format!("could not start apt-get {}", args.join(" ")))?;
