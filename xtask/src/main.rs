@@ -5,6 +5,7 @@
 //! model. Every command that needs the runtimes runs `setup` first, so a fresh clone needs no
 //! manual step.
 
+mod arm64_run;
 mod debian;
 mod lint;
 mod native;
@@ -51,6 +52,9 @@ enum Command {
     },
     /// Run the infrastructure linters (cfn-lint, checkov, actionlint, zizmor, hadolint).
     Lint,
+    /// Run target/lambda/infer-arm64.zip under qemu-aarch64 behind cargo-lambda's runtime API
+    /// and check that it answers like x86-64 (the last step of `test`).
+    RehearseArm64,
 }
 
 fn main() -> Result<()> {
@@ -61,5 +65,6 @@ fn main() -> Result<()> {
         Command::Serve { args } => tasks::serve(&args),
         Command::Package { arch, model, out } => tasks::package(arch, model.as_deref(), out),
         Command::Lint => tasks::lint(),
+        Command::RehearseArm64 => arm64_run::run(&tasks::prepare(tasks::Needs::All)?),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{lint, native, package, paths, tools};
+use crate::{arm64_run, debian, lint, native, package, paths, tools};
 
 /// What set-up produced; every task runs its commands with this environment.
 #[derive(Debug)]
@@ -57,6 +57,7 @@ pub fn prepare(needs: Needs) -> Result<Env> {
         relink(&venv, &link.join("tools"))?;
         tools_dir = Some(venv);
         tools::rust_target("aarch64-unknown-linux-gnu")?;
+        debian::ensure(arm64_run::DEBIAN_PACKAGES)?;
     }
     eprintln!(
         "xtask: set-up ready in {:.1?} (cache {})",
@@ -152,7 +153,7 @@ pub fn test() -> Result<()> {
     // No --model: `infer` embeds models/ at build time, and S3 mode needs none in the zip.
     let arch = package::Arch::Arm64;
     package::package(&env, arch, None, &package::default_output(arch))?;
-    Ok(())
+    arm64_run::run(&env)
 }
 
 pub fn lint() -> Result<()> {
