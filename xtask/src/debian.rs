@@ -95,3 +95,19 @@ fn is_root() -> bool {
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installed_and_unknown_packages_are_told_apart() -> Result<()> {
+        let missing = missing(&["dpkg", "xtask-no-such-package"])?;
+        if on_path("dpkg") {
+            assert_eq!(missing, ["xtask-no-such-package"]);
+        } else {
+            assert_eq!(missing, ["dpkg", "xtask-no-such-package"]);
+        }
+        Ok(())
+    }
+}
