@@ -22,8 +22,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::package::{self, Arch, BOOTSTRAP};
-use crate::paths;
 use crate::tasks::Env;
+use crate::{debian, paths};
 
 /// What the emulation needs from Debian: the emulator and the aarch64 C and C++ runtimes that
 /// the function and `libonnxruntime.so` link against, installed under [`SYSROOT`].
@@ -294,7 +294,7 @@ fn arm64_answer(env: &Env, work: &Path, bootstrap: &Path, image: &Path) -> Resul
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let child = invoke.spawn().context("could not start cargo lambda invoke")?;
-        let output = wait_watching(child, &mut function.0)?;
+        let output = wait_watching(child, &mut function.0, started + PATIENCE)?;
         if output.status.success() {
             break output;
         }
@@ -324,9 +324,15 @@ fn arm64_answer(env: &Env, work: &Path, bootstrap: &Path, image: &Path) -> Resul
 }
 
 /// Waits for `invoke`, failing at once if the function it talks to dies meanwhile (a crash
-/// under emulation would otherwise look like an emulator that is slow to start).
-fn wait_watching(mut invoke: Child, function: &mut Child) -> Result<Output> {
+/// under emulation would otherwise look like an emulator that is slow to start), and at
+/// `deadline` if the function hangs (the invocation would wait for it for ever).
+fn wait_watching(mut invoke: Child, function: &mut Child, deadline: Instant) -> Result<Output> {
     loop {
+        if Instant::now() > deadline {
+            let _ = invoke.kill();
+            let _ = invoke.wait();
+            bail!("the arm64 bootstrap under qemu-aarch64 did not answer within {PATIENCE:?}; its log is above");
+        }
         if let Some(status) = function.try_wait().context("watching the emulated function")? {
             let _ = invoke.kill();
             let _ = invoke.wait();
@@ -335,7 +341,10 @@ fn wait_watching(mut invoke: Child, function: &mut Child) -> Result<Output> {
             } else {
                 ""
             };
-            bail!("the arm64 bootstrap under qemu-aarch64 exited ({status}) before answering{hint}; its log is above");
+            bail!(
+                "the arm64 bootstrap under qemu-aarch64 exited ({status}) before answering{hint}; \
+                 its log is above"
+            );
         }
         if invoke.try_wait().context("waiting for cargo lambda invoke")?.is_some() {
             return invoke
@@ -350,7 +359,7 @@ fn wait_watching(mut invoke: Child, function: &mut Child) -> Result<Output> {
 /// whose `/proc/cpuinfo` is `cpuinfo`. Mounting needs root: as anyone else it goes through
 /// `sudo -n` (CI runners have password-less sudo), and fails with sudo's message otherwise.
 fn emulated(cpuinfo: &Path, bootstrap: &Path, port: u16) -> Command {
-    let mut cmd = if is_root() {
+    let mut cmd = if debian::is_root() {
         Command::new("env")
     } else {
         let mut cmd = Command::new("sudo");
@@ -363,7 +372,7 @@ fn emulated(cpuinfo: &Path, bootstrap: &Path, port: u16) -> Command {
         .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .arg(format!("AWS_LAMBDA_RUNTIME_API=http://127.0.0.1:{port}/.rt"))
         .arg("AWS_LAMBDA_FUNCTION_NAME=infer")
-        .arg("AWS_LAMBDA_FUNCTION_MEMORY_SIZE=3008")
+        .arg("AWS_LAMBDA_FUNCTION_MEMORY_SIZE=1024")
         .arg("AWS_LAMBDA_FUNCTION_VERSION=$LATEST")
         .arg(format!(
             "LAMBDA_TASK_ROOT={}",
@@ -379,13 +388,6 @@ fn emulated(cpuinfo: &Path, bootstrap: &Path, port: u16) -> Command {
         .arg(SYSROOT)
         .arg(bootstrap);
     cmd
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
 /// Labels in the same order and probabilities within [`TOLERANCE`], from the same model. Two

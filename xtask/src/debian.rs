@@ -88,7 +88,8 @@ fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-fn is_root() -> bool {
+/// Whether xtask runs as root, which needs no sudo to install or mount.
+pub fn is_root() -> bool {
     // `id -u` rather than a libc dependency for one number.
     Command::new("id")
         .arg("-u")
