@@ -5,6 +5,8 @@
 //! model. Every command that needs the runtimes runs `setup` first, so a fresh clone needs no
 //! manual step.
 
+mod arm64_run;
+mod debian;
 mod elf;
 mod env;
 mod lint;
@@ -57,6 +59,9 @@ enum Command {
     /// emulator, the function role enforced by a local IAM, the smoke test (needs the zip from
     /// `package` and the debug `infer` from `cargo build`).
     Rehearse,
+    /// Run target/lambda/infer-arm64.zip under qemu-aarch64 behind cargo-lambda's runtime API
+    /// and check that it answers like x86-64 (the last step of `test`).
+    RehearseArm64,
 }
 
 fn main() -> Result<()> {
@@ -68,5 +73,6 @@ fn main() -> Result<()> {
         Command::Package { arch, model, out } => tasks::package(arch, model.as_deref(), out),
         Command::Lint => tasks::lint(),
         Command::Rehearse => tasks::rehearse(),
+        Command::RehearseArm64 => tasks::rehearse_arm64(),
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::env::{Env, Needs, prepare, run_step};
-use crate::{lint, package, paths, rehearsal};
+use crate::{arm64_run, lint, package, paths, rehearsal};
 
 pub fn setup() -> Result<Env> {
     prepare(Needs::All)
@@ -39,11 +39,15 @@ pub fn test() -> Result<()> {
     let arch = package::Arch::Arm64;
     package::package(&env, arch, None, &package::default_output(arch))?;
     rehearsal::run(&env)?;
-    Ok(())
+    arm64_run::run(&env)
 }
 
 pub fn rehearse() -> Result<()> {
     rehearsal::run(&prepare(Needs::All)?)
+}
+
+pub fn rehearse_arm64() -> Result<()> {
+    arm64_run::run(&prepare(Needs::All)?)
 }
 
 pub fn lint() -> Result<()> {

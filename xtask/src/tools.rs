@@ -97,9 +97,8 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Debian's `chromium` for infer's page test in a headless browser: installed with apt-get
-/// when it is missing and apt-get is there (CI runs as root on Debian); where that cannot be done
-/// set-up says so and goes on, and that test fails naming what is missing.
+/// A Chromium for infer's page test in a headless browser: one on PATH will do, else Debian's
+/// `chromium` through [`crate::debian::ensure`], which names the package where it cannot.
 pub fn chromium() -> Result<()> {
     let on_path = |name: &str| {
         std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
@@ -111,24 +110,7 @@ pub fn chromium() -> Result<()> {
     {
         return Ok(());
     }
-    if !on_path("apt-get") {
-        eprintln!("xtask: no chromium and no apt-get: install Chromium for infer's page test");
-        return Ok(());
-    }
-    eprintln!("xtask: installing chromium with apt-get (for infer's page test)");
-    let install = || {
-        run(
-            Command::new("apt-get").args(["install", "-y", "--no-install-recommends", "chromium"]),
-            "installing chromium",
-        )
-    };
-    // A fresh machine has no package lists yet; an unprivileged user cannot install at all.
-    if let Err(e) =
-        install().or_else(|_| run(Command::new("apt-get").arg("update"), "apt-get update").and_then(|()| install()))
-    {
-        eprintln!("xtask: {e:#}: install Chromium for infer's page test");
-    }
-    Ok(())
+    crate::debian::ensure(&["chromium"])
 }
 
 /// Installs a Rust target with rustup unless it is there already.

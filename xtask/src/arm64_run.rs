@@ -1,0 +1,555 @@
+//! The shipped arm64 zip, run: `target/lambda/infer-arm64.zip` is unpacked and its `bootstrap`
+//! is started under `qemu-aarch64` (user-mode emulation, Debian's aarch64 C library as its root)
+//! against cargo-lambda's local Lambda runtime API; `cargo lambda invoke` sends it an API Gateway
+//! HTTP API (v2) event carrying a PNG, and its labels must equal what the x86-64 `infer` answers
+//! for the same image with the same model. This is the only check that runs the artifact that
+//! ships, rather than a binary built for the machine the tests run on.
+//!
+//! ONNX Runtime reads `/proc/cpuinfo` to pick its kernels. qemu-user 7.2 (Debian 12's) passes
+//! the host's through, and ONNX Runtime, finding an x86 file on an aarch64 CPU, dies with
+//! SIGSEGV while loading. The function therefore runs in a private mount namespace in which
+//! `/proc/cpuinfo` is a Neoverse-N1's (Graviton2, what Lambda's arm64 runs on), and qemu
+//! emulates that CPU, so that the features the kernels are picked by are Graviton2's.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::env::Env;
+use crate::package::{self, Arch, BOOTSTRAP};
+use crate::{debian, paths};
+
+/// What the emulation needs from Debian: the emulator and the aarch64 C and C++ runtimes that
+/// the function and `libonnxruntime.so` link against, installed under [`SYSROOT`].
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "qemu-user",
+    "libc6-arm64-cross",
+    "libstdc++6-arm64-cross",
+    "libgcc-s1-arm64-cross",
+];
+
+/// Where Debian's cross packages put the aarch64 loader and libraries: qemu's `-L` root.
+const SYSROOT: &str = "/usr/aarch64-linux-gnu";
+
+/// Graviton2, the CPU behind Lambda's arm64.
+const QEMU_CPU: &str = "neoverse-n1";
+
+/// A Neoverse-N1's `/proc/cpuinfo`, in the repository, bind-mounted over the host's.
+const CPUINFO: &str = "xtask/fixtures/neoverse-n1.cpuinfo";
+
+/// The model the zip embeds (`infer` bundles it at build time), which the x86-64 side loads too.
+const MODEL: &str = "models/resnet18-cifar10.onnx";
+
+/// Classes compared, in order: every class of CIFAR-10.
+const TOP_K: usize = 10;
+
+/// Largest difference allowed between the two machines' probabilities. Both run the same
+/// graph in fp32 with different kernels (NEON against AVX2), whose sums round differently:
+/// the largest difference measured was 2.1e-7, while a mean off by 0.01 in preprocessing
+/// already moved a probability by 9e-3.
+const TOLERANCE: f64 = 1e-4;
+
+/// How long the emulated function may take to load and answer the first event (measured: 3 s
+/// to load, 1 s to answer, under emulation on the 2-core machine).
+const PATIENCE: Duration = Duration::from_secs(300);
+
+/// `cargo xtask rehearse-arm64`, and the last step of `cargo xtask test`.
+pub fn run(env: &Env) -> Result<()> {
+    eprintln!("xtask: == arm64 zip under qemu-aarch64 ==");
+    let started = Instant::now();
+    let zip = package::default_output(Arch::Arm64);
+    ensure!(
+        zip.is_file(),
+        "{} does not exist: `cargo xtask package --arch arm64` writes it",
+        zip.display()
+    );
+    let sysroot_loader = Path::new(SYSROOT).join("lib/ld-linux-aarch64.so.1");
+    ensure!(
+        sysroot_loader.exists(),
+        "{} is missing: the Debian packages {} provide it (`cargo xtask setup` installs them)",
+        sysroot_loader.display(),
+        DEBIAN_PACKAGES.join(" ")
+    );
+
+    let work = paths::repo_root().join("target/lambda/arm64-run");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("emptying {}", work.display()))?;
+    }
+    let task_root = work.join("task");
+    unzip(&zip, &task_root)?;
+    let bootstrap = task_root.join(BOOTSTRAP);
+    ensure!(bootstrap.is_file(), "{} holds no {BOOTSTRAP}", zip.display());
+
+    let image = work.join("image.png");
+    std::fs::write(&image, test_png()).with_context(|| format!("writing {}", image.display()))?;
+
+    let x86_started = Instant::now();
+    let expected = x86_answer(env, &image)?;
+    let x86_time = x86_started.elapsed();
+
+    let arm_started = Instant::now();
+    let reply = arm64_answer(env, &work, &bootstrap, &image)?;
+    let arm_time = arm_started.elapsed();
+
+    compare(&expected, &reply)?;
+    eprintln!(
+        "xtask: the arm64 zip answered like x86-64 ({}, ... {} classes, largest probability difference \
+         {:.1e}, model {}); x86-64 {:.1?}, arm64 under qemu {:.1?} (start, load, answer)",
+        expected
+            .scores
+            .iter()
+            .take(3)
+            .map(|(label, p)| format!("{label} {p:.4}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        expected.scores.len(),
+        largest_difference(&expected, &reply),
+        expected.version,
+        x86_time,
+        arm_time,
+    );
+    eprintln!(
+        "xtask: arm64 zip under qemu-aarch64 passed in {:.1?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Unpacks `zip` into `dest`, keeping the members' Unix modes (`bootstrap` must stay executable).
+fn unzip(zip: &Path, dest: &Path) -> Result<()> {
+    let file = std::fs::File::open(zip).with_context(|| format!("opening {}", zip.display()))?;
+    let mut archive = zip::ZipArchive::new(file).with_context(|| format!("reading {}", zip.display()))?;
+    archive
+        .extract(dest)
+        .with_context(|| format!("unpacking {} into {}", zip.display(), dest.display()))
+}
+
+/// One model's answer for one image: the model version and its classes, most probable first.
+#[derive(Debug)]
+struct Answer {
+    version: String,
+    scores: Vec<(String, f64)>,
+}
+
+impl Answer {
+    /// Reads `{"model": {"version"}, "predictions": [{"top_k": [{label, probability}]}]}`, the
+    /// shape both `infer predict --json` and `POST /v1/predict` answer in.
+    fn parse(doc: &Value, what: &str) -> Result<Self> {
+        let version = doc["model"]["version"]
+            .as_str()
+            .with_context(|| format!("{what}: no model.version in {doc}"))?
+            .to_owned();
+        let predictions = doc["predictions"]
+            .as_array()
+            .with_context(|| format!("{what}: no predictions in {doc}"))?;
+        ensure!(
+            predictions.len() == 1,
+            "{what}: {} predictions for one image",
+            predictions.len()
+        );
+        let scores = predictions[0]["top_k"]
+            .as_array()
+            .with_context(|| format!("{what}: no top_k in {doc}"))?
+            .iter()
+            .map(|s| {
+                let label = s["label"]
+                    .as_str()
+                    .with_context(|| format!("{what}: a score without a label: {s}"))?;
+                let p = s["probability"]
+                    .as_f64()
+                    .with_context(|| format!("{what}: a score without a probability: {s}"))?;
+                Ok((label.to_owned(), p))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        ensure!(!scores.is_empty(), "{what}: an empty top_k in {doc}");
+        Ok(Self { version, scores })
+    }
+}
+
+/// `infer predict` of the x86-64 debug build, on the model the zip embeds.
+fn x86_answer(env: &Env, image: &Path) -> Result<Answer> {
+    // Fresh after `cargo xtask test`'s own builds (nothing is compiled then); alone, it builds.
+    let build = env
+        .command("cargo")
+        .args(["build", "--quiet", "--package", "infer", "--bin", "infer", "--locked"])
+        .status()
+        .context("could not start cargo build")?;
+    ensure!(build.success(), "cargo build --package infer failed ({build})");
+    let infer = paths::repo_root().join("target/debug/infer");
+    let top_k = TOP_K.to_string();
+    let out = env
+        .command(&infer.to_string_lossy())
+        .args(["predict", "--json", "--no-cache", "--top-k", &top_k, "--model", MODEL])
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("could not start {}", infer.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} predict failed ({}): {}",
+        infer.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "infer predict printed no JSON: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    Answer::parse(&doc, "x86-64 infer predict")
+}
+
+/// A process started as the leader of its own process group, stopped with everything it
+/// started when the rehearsal ends, however it ends.
+#[derive(Debug)]
+struct Running(Child);
+
+impl Running {
+    fn spawn(mut cmd: Command, what: &str) -> Result<Self> {
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        Ok(Self(cmd.spawn().with_context(|| format!("could not start {what}"))?))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The `--` keeps procps-ng's kill from reading `-TERM -PGID` as "every process".
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        // Under sudo the function is root's and only sudo may be signalled: it relays SIGTERM,
+        // but would die of SIGKILL without passing it on, so give it a moment first.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The zip's `bootstrap` under qemu, answering one `cargo lambda invoke` through the runtime API.
+fn arm64_answer(env: &Env, work: &Path, bootstrap: &Path, image: &Path) -> Result<Answer> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port")?
+        .port();
+    let port_arg = port.to_string();
+    // `cargo lambda watch` reads a cargo project even when it builds nothing: `infer`'s.
+    let project = paths::repo_root().join("infer");
+    let mut watch = env.command("cargo");
+    watch
+        .current_dir(&project)
+        .args(["lambda", "watch", "--only-lambda-apis", "--invoke-address", "127.0.0.1"])
+        .args(["--invoke-port", &port_arg])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let _watch = Running::spawn(watch, "cargo lambda watch")?;
+
+    let cpuinfo = paths::repo_root().join(CPUINFO);
+    ensure!(cpuinfo.is_file(), "{} is missing", cpuinfo.display());
+    let mut function = emulated(&cpuinfo, bootstrap, port);
+    function
+        .current_dir(bootstrap.parent().unwrap_or(work))
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let mut function = Running::spawn(function, "the emulated function")?;
+
+    let event = work.join("event.json");
+    let png = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    let top_k = format!("top_k={TOP_K}");
+    std::fs::write(
+        &event,
+        api_gateway_v2_event("/v1/predict", &top_k, "image/png", &png).to_string(),
+    )
+    .with_context(|| format!("writing {}", event.display()))?;
+
+    let started = Instant::now();
+    let output = loop {
+        let mut invoke = env.command("cargo");
+        invoke
+            .current_dir(&project)
+            .args([
+                "lambda",
+                "invoke",
+                "--invoke-address",
+                "127.0.0.1",
+                "--invoke-port",
+                &port_arg,
+            ])
+            .args(["--output-format", "json", "--data-file"])
+            .arg(&event)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = invoke.spawn().context("could not start cargo lambda invoke")?;
+        let output = wait_watching(child, &mut function.0, started + PATIENCE)?;
+        if output.status.success() {
+            break output;
+        }
+        // The emulator may not listen yet: retry until the function has had its time.
+        if started.elapsed() > PATIENCE {
+            bail!(
+                "cargo lambda invoke kept failing for {:.0?}: {}",
+                started.elapsed(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let reply: Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "cargo lambda invoke printed no JSON: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })?;
+    ensure!(reply["statusCode"] == 200, "the arm64 function answered {reply}");
+    let body = reply["body"]
+        .as_str()
+        .with_context(|| format!("no body in the arm64 function's reply {reply}"))?;
+    let body: Value =
+        serde_json::from_str(body).with_context(|| format!("the arm64 function's body is not JSON: {body}"))?;
+    Answer::parse(&body, "arm64 function")
+}
+
+/// Waits for `invoke`, failing at once if the function it talks to dies meanwhile (a crash
+/// under emulation would otherwise look like an emulator that is slow to start), and at
+/// `deadline` if the function hangs (the invocation would wait for it for ever).
+fn wait_watching(mut invoke: Child, function: &mut Child, deadline: Instant) -> Result<Output> {
+    loop {
+        if Instant::now() > deadline {
+            let _ = invoke.kill();
+            let _ = invoke.wait();
+            bail!("the arm64 bootstrap under qemu-aarch64 did not answer within {PATIENCE:?}; its log is above");
+        }
+        if let Some(status) = function.try_wait().context("watching the emulated function")? {
+            let _ = invoke.kill();
+            let _ = invoke.wait();
+            let hint = if std::os::unix::process::ExitStatusExt::signal(&status) == Some(11) {
+                " (SIGSEGV: did ONNX Runtime read a /proc/cpuinfo that is not an aarch64 one?)"
+            } else {
+                ""
+            };
+            bail!(
+                "the arm64 bootstrap under qemu-aarch64 exited ({status}) before answering{hint}; \
+                 its log is above"
+            );
+        }
+        if invoke.try_wait().context("waiting for cargo lambda invoke")?.is_some() {
+            return invoke
+                .wait_with_output()
+                .context("reading cargo lambda invoke's output");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `bootstrap` under qemu-aarch64, as Lambda would start it, in a private mount namespace
+/// whose `/proc/cpuinfo` is `cpuinfo`. Mounting needs root: as anyone else it goes through
+/// `sudo -n` (CI runners have password-less sudo), and fails with sudo's message otherwise.
+fn emulated(cpuinfo: &Path, bootstrap: &Path, port: u16) -> Command {
+    let mut cmd = if debian::is_root() {
+        Command::new("env")
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.args(["-n", "env"]);
+        cmd
+    };
+    // A clean environment, as Lambda's: xtask's own holds the x86-64 ORT_DYLIB_PATH (cargo's
+    // [env]), which `infer` would load before the library beside it. sudo would reset it anyway.
+    cmd.arg("-i")
+        .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .arg(format!("AWS_LAMBDA_RUNTIME_API=http://127.0.0.1:{port}/.rt"))
+        .arg("AWS_LAMBDA_FUNCTION_NAME=infer")
+        .arg("AWS_LAMBDA_FUNCTION_MEMORY_SIZE=1024")
+        .arg("AWS_LAMBDA_FUNCTION_VERSION=$LATEST")
+        .arg(format!(
+            "LAMBDA_TASK_ROOT={}",
+            bootstrap.parent().unwrap_or(bootstrap).display()
+        ))
+        .arg("TZ=:UTC")
+        .arg("RUST_LOG=info,ort=warn");
+    cmd.args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /proc/cpuinfo && exec qemu-aarch64 -cpu "$2" -L "$3" "$4""#)
+        .arg("sh")
+        .arg(cpuinfo)
+        .arg(QEMU_CPU)
+        .arg(SYSROOT)
+        .arg(bootstrap);
+    cmd
+}
+
+/// Labels in the same order and probabilities within [`TOLERANCE`], from the same model. Two
+/// neighbours whose probabilities lie within the tolerance of each other may swap: which comes
+/// first is then rounding, not behaviour.
+fn compare(expected: &Answer, got: &Answer) -> Result<()> {
+    ensure!(
+        expected.version == got.version,
+        "the arm64 zip serves model {} but x86-64 loaded {} ({MODEL}): package the zip again",
+        got.version,
+        expected.version
+    );
+    ensure!(
+        expected.scores.len() == got.scores.len(),
+        "x86-64 answered {} classes, arm64 {}",
+        expected.scores.len(),
+        got.scores.len()
+    );
+    let mismatch = || {
+        format!(
+            "the arm64 zip under qemu answered differently from x86-64:\n  x86-64: {:?}\n  arm64:  {:?}",
+            expected.scores, got.scores
+        )
+    };
+    for (i, ((want_label, want_p), (got_label, _))) in expected.scores.iter().zip(&got.scores).enumerate() {
+        if want_label == got_label {
+            continue;
+        }
+        let tied = [i.checked_sub(1), Some(i + 1)].into_iter().flatten().any(|j| {
+            expected
+                .scores
+                .get(j)
+                .is_some_and(|(label, p)| label == got_label && (p - want_p).abs() <= TOLERANCE)
+        });
+        ensure!(tied, "{}", mismatch());
+    }
+    for (label, want_p) in &expected.scores {
+        let got_p = got.scores.iter().find(|(l, _)| l == label).map(|(_, p)| *p);
+        ensure!(
+            got_p.is_some_and(|p| (p - want_p).abs() <= TOLERANCE),
+            "{label}: probability {want_p} on x86-64, {got_p:?} on arm64 (tolerance {TOLERANCE})\n{}",
+            mismatch()
+        );
+    }
+    Ok(())
+}
+
+fn largest_difference(expected: &Answer, got: &Answer) -> f64 {
+    expected
+        .scores
+        .iter()
+        .filter_map(|(label, p)| got.scores.iter().find(|(l, _)| l == label).map(|(_, q)| (p - q).abs()))
+        .fold(0.0, f64::max)
+}
+
+/// An API Gateway HTTP API (v2) `POST` event carrying `body` base64-encoded, as API Gateway
+/// delivers binary bodies.
+fn api_gateway_v2_event(path: &str, query: &str, content_type: &str, body: &[u8]) -> Value {
+    json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": {"content-type": content_type, "host": "abc.execute-api.eu-west-1.amazonaws.com"},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc",
+            "domainName": "abc.execute-api.eu-west-1.amazonaws.com",
+            "domainPrefix": "abc",
+            "http": {"method": "POST", "path": path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "xtask"},
+            "requestId": "arm64-run",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "30/Nov/2026:10:00:00 +0000",
+            "timeEpoch": 1_795_000_000_000_i64
+        },
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+        "isBase64Encoded": true
+    })
+}
+
+/// A 40x48 RGB picture (a sky, a field and a disc between them), larger than the model's 32x32
+/// input so that the resize runs too; PNG-encoded.
+fn test_png() -> Vec<u8> {
+    let (width, height) = (48_u32, 40_u32);
+    let mut rgb = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            let (dx, dy) = (x as i64 - 30, y as i64 - 18);
+            let pixel = if dx * dx + dy * dy < 64 {
+                [200, 40 + (x * 2) as u8, 30]
+            } else if y < 22 {
+                [90 + (y * 3) as u8, 140 + (y * 2) as u8, 230]
+            } else {
+                [40, 120 + (x % 7 * 9) as u8, 50 + (y % 5 * 11) as u8]
+            };
+            rgb.extend_from_slice(&pixel);
+        }
+    }
+    encode_png(width, height, &rgb)
+}
+
+/// 8-bit RGB PNG: signature, IHDR, one zlib-compressed IDAT (filter 0 on every row), IEND.
+fn encode_png(width: u32, height: u32, rgb: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(rgb.len() + height as usize);
+    for row in rgb.chunks(width as usize * 3) {
+        raw.push(0);
+        raw.extend_from_slice(row);
+    }
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing into a Vec cannot fail.
+    let idat = zlib.write_all(&raw).and_then(|()| zlib.finish()).unwrap_or_default();
+    let mut ihdr = Vec::with_capacity(13);
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in [(b"IHDR", &ihdr[..]), (b"IDAT", &idat[..]), (b"IEND", &[][..])] {
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        crc.update(data);
+        png.extend_from_slice(kind);
+        png.extend_from_slice(data);
+        png.extend_from_slice(&crc.finalize().to_be_bytes());
+    }
+    png
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(scores: &[(&str, f64)]) -> Answer {
+        Answer {
+            version: "abc".into(),
+            scores: scores.iter().map(|(l, p)| ((*l).to_owned(), *p)).collect(),
+        }
+    }
+
+    #[test]
+    fn equal_answers_within_tolerance_pass() {
+        let x86 = answer(&[("cat", 0.7), ("dog", 0.2), ("frog", 0.1)]);
+        let arm = answer(&[("cat", 0.700_001), ("dog", 0.199_999), ("frog", 0.1)]);
+        assert!(compare(&x86, &arm).is_ok());
+    }
+
+    #[test]
+    fn another_order_or_probability_fails() {
+        let x86 = answer(&[("cat", 0.7), ("dog", 0.2), ("frog", 0.1)]);
+        assert!(compare(&x86, &answer(&[("dog", 0.7), ("cat", 0.2), ("frog", 0.1)])).is_err());
+        assert!(compare(&x86, &answer(&[("cat", 0.69), ("dog", 0.21), ("frog", 0.1)])).is_err());
+        assert!(compare(&x86, &answer(&[("cat", 0.7), ("dog", 0.2)])).is_err());
+        let mut other_model = answer(&[("cat", 0.7), ("dog", 0.2), ("frog", 0.1)]);
+        other_model.version = "def".into();
+        assert!(compare(&x86, &other_model).is_err());
+    }
+
+    #[test]
+    fn a_tie_within_tolerance_may_swap() {
+        let x86 = answer(&[("cat", 0.5), ("dog", 0.499_99), ("frog", 0.000_01)]);
+        let arm = answer(&[("dog", 0.499_995), ("cat", 0.499_995), ("frog", 0.000_01)]);
+        assert!(compare(&x86, &arm).is_ok());
+    }
+}
