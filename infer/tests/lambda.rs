@@ -22,14 +22,14 @@ fn cargo_lambda_watch_serves_api_gateway_events() -> Result<()> {
     // `cargo xtask test` has not already built it).
     let patience = Duration::from_secs(600);
     let png = solid([20, 240, 20], 32, 32, ImageFormat::Png);
-    let reply = watch.invoke(&event("/v1/predict", "top_k=2", "image/png", &png), patience)?;
+    let reply = watch.invoke(&event("/v1/predict", "top_k=2", "image/png", &png)?, patience)?;
     assert_eq!(reply["statusCode"], 200, "{reply}");
     let body: Value = serde_json::from_str(reply["body"].as_str().context("body")?)?;
     assert_eq!(body["predictions"][0]["label"], "green", "{body}");
     assert_eq!(body["predictions"][0]["top_k"].as_array().map(Vec::len), Some(2));
 
     // Errors travel the same way.
-    let reply = watch.invoke(&event("/v1/predict", "", "image/png", b"not an image"), patience)?;
+    let reply = watch.invoke(&event("/v1/predict", "", "image/png", b"not an image")?, patience)?;
     assert_eq!(reply["statusCode"], 400, "{reply}");
     let body: Value = serde_json::from_str(reply["body"].as_str().context("body")?)?;
     assert_eq!(body["error"]["code"], "unknown_image_format");

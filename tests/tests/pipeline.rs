@@ -232,7 +232,7 @@ fn train_export_serve_and_lambda_agree() -> Result<()> {
 /// event carrying `png` base64-encoded, as API Gateway delivers binary bodies.
 fn lambda_reply(model: &Path, png: &[u8]) -> Result<Value> {
     let watch = LambdaWatch::start(model)?;
-    let event = api_gateway_v2_event("/v1/predict", "top_k=2", "image/png", png);
+    let event = api_gateway_v2_event("/v1/predict", "top_k=2", "image/png", png)?;
     // The first call also waits for the emulator to start.
     Ok(watch.invoke(&event, Duration::from_secs(600))?)
 }

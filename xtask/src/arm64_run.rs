@@ -271,7 +271,7 @@ fn arm64_answer(env: &Env, work: &Path, bootstrap: &Path, image: &Path) -> Resul
     let top_k = format!("top_k={TOP_K}");
     std::fs::write(
         &event,
-        api_gateway_v2_event("/v1/predict", &top_k, "image/png", &png).to_string(),
+        api_gateway_v2_event("/v1/predict", &top_k, "image/png", &png)?.to_string(),
     )
     .with_context(|| format!("writing {}", event.display()))?;
 
@@ -443,30 +443,17 @@ fn largest_difference(expected: &Answer, got: &Answer) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// An API Gateway HTTP API (v2) `POST` event carrying `body` base64-encoded, as API Gateway
-/// delivers binary bodies.
-fn api_gateway_v2_event(path: &str, query: &str, content_type: &str, body: &[u8]) -> Value {
-    json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": query,
-        "headers": {"content-type": content_type, "host": "abc.execute-api.eu-west-1.amazonaws.com"},
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "abc",
-            "domainName": "abc.execute-api.eu-west-1.amazonaws.com",
-            "domainPrefix": "abc",
-            "http": {"method": "POST", "path": path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "xtask"},
-            "requestId": "arm64-run",
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": "30/Nov/2026:10:00:00 +0000",
-            "timeEpoch": 1_795_000_000_000_i64
-        },
-        "body": base64::engine::general_purpose::STANDARD.encode(body),
-        "isBase64Encoded": true
-    })
+/// An API Gateway HTTP API (v2) `POST` event carrying `body` base64-encoded: `infer`'s test
+/// event (one file for both), with this request's path, type and body.
+fn api_gateway_v2_event(path: &str, query: &str, content_type: &str, body: &[u8]) -> Result<Value> {
+    let mut event: Value = serde_json::from_str(include_str!("../../infer/src/testing/api_gateway_v2_event.json"))
+        .context("reading infer's API Gateway test event")?;
+    event["rawPath"] = json!(path);
+    event["rawQueryString"] = json!(query);
+    event["headers"]["content-type"] = json!(content_type);
+    event["requestContext"]["http"]["path"] = json!(path);
+    event["body"] = json!(base64::engine::general_purpose::STANDARD.encode(body));
+    Ok(event)
 }
 
 /// A 40x48 RGB picture (a sky, a field and a disc between them), larger than the model's 32x32

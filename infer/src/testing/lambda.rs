@@ -133,27 +133,23 @@ impl Drop for LambdaWatch {
     }
 }
 
-/// An API Gateway HTTP API (v2) `POST` event carrying `body` base64-encoded.
-pub fn api_gateway_v2_event(path: &str, query: &str, content_type: &str, body: &[u8]) -> Value {
-    json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": query,
-        "headers": {"content-type": content_type, "host": "abc.execute-api.eu-west-1.amazonaws.com"},
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "abc",
-            "domainName": "abc.execute-api.eu-west-1.amazonaws.com",
-            "domainPrefix": "abc",
-            "http": {"method": "POST", "path": path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "test"},
-            "requestId": "req-lambda-1",
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": "25/Nov/2026:18:00:00 +0000",
-            "timeEpoch": 1_795_000_000_000_i64
-        },
-        "body": base64::engine::general_purpose::STANDARD.encode(body),
-        "isBase64Encoded": true
-    })
+/// The API Gateway HTTP API (v2) event every Lambda test starts from; `xtask`'s arm64 run
+/// reads the same file.
+pub const API_GATEWAY_V2_EVENT: &str = include_str!("api_gateway_v2_event.json");
+
+/// An API Gateway HTTP API (v2) `POST` event carrying `body` base64-encoded, as API Gateway
+/// delivers binary bodies.
+pub fn api_gateway_v2_event(
+    path: &str,
+    query: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Value, serde_json::Error> {
+    let mut event: Value = serde_json::from_str(API_GATEWAY_V2_EVENT)?;
+    event["rawPath"] = json!(path);
+    event["rawQueryString"] = json!(query);
+    event["headers"]["content-type"] = json!(content_type);
+    event["requestContext"]["http"]["path"] = json!(path);
+    event["body"] = json!(base64::engine::general_purpose::STANDARD.encode(body));
+    Ok(event)
 }
