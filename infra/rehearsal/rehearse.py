@@ -41,8 +41,8 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import sam_transform
 import yaml
-from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,8 +51,6 @@ TEMPLATE = INFRA / "template.yaml"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
 MODEL = ROOT / "models" / "resnet18-cifar10.onnx"
-# The translator asks boto3 for a region to build ARNs; no call leaves the machine.
-os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
 # The translator's notes on its feature toggles and metrics are not about this template.
 logging.getLogger("samtranslator").setLevel(logging.ERROR)
 
@@ -160,22 +158,10 @@ def run(cmd: list[str], env: dict, what: str, cwd: Path = ROOT) -> str:
 
 
 def transformed(parameters: dict[str, str]) -> dict:
-    template = yaml_parse(TEMPLATE.read_text())
-    for name, value in parameters.items():
-        if name not in template["Parameters"]:
-            raise Failed(f"the template has no parameter {name}")
-        template["Parameters"][name]["Default"] = value
-    for resource in template["Resources"].values():
-        props = resource.get("Properties", {})
-        if resource.get("Type") == "AWS::Serverless::Function" and isinstance(props.get("CodeUri"), str):
-            props["CodeUri"] = "s3://artifacts/package.zip"
-    values = {k: v["Default"] for k, v in template["Parameters"].items() if "Default" in v}
-
-    class NoManagedPolicies:
-        def load(self):
-            return {}
-
-    out = transform(template, values, NoManagedPolicies())
+    try:
+        out, values = sam_transform.transformed(TEMPLATE, parameters)
+    except KeyError as e:
+        raise Failed(str(e)) from e
     out["_values"] = values
     return out
 

@@ -64,32 +64,9 @@ pub const VARIANTS: &[(&str, &[(&str, &str)])] = &[
     ),
 ];
 
-/// Runs the SAM translator (what `sam validate` and `sam deploy` run) on a template whose
-/// parameter defaults are overridden, so that every condition resolves as in that deployment.
-/// Local `CodeUri` paths become an S3 placeholder, as `sam package` would make them.
-const SAM_TRANSFORM: &str = r#"
-import json, sys
-from cfnlint.decode import decode
-from samtranslator.translator.transform import transform
-src, out, *overrides = sys.argv[1:]
-template, errors = decode(src)
-if errors:
-    sys.exit("\n".join(str(e) for e in errors))
-template = json.loads(json.dumps(template, default=str))
-for pair in overrides:
-    name, value = pair.split("=", 1)
-    template["Parameters"][name]["Default"] = value
-for resource in template["Resources"].values():
-    props = resource.get("Properties", {})
-    if resource.get("Type") == "AWS::Serverless::Function" and isinstance(props.get("CodeUri"), str):
-        props["CodeUri"] = "s3://placeholder/package.zip"
-values = {k: v["Default"] for k, v in template["Parameters"].items() if "Default" in v}
-class NoManagedPolicies:
-    def load(self):
-        return {}
-with open(out, "w") as f:
-    json.dump(transform(template, values, NoManagedPolicies()), f, indent=1)
-"#;
+/// `infra/rehearsal/sam_transform.py`: the SAM transform of one deployment (the rehearsal uses it
+/// too), run with the tools venv's translator.
+const SAM_TRANSFORM: &str = "infra/rehearsal/sam_transform.py";
 
 /// Runs `cmd` with its output captured: silent when it passes, the full output when not.
 pub fn check(name: &str, cmd: &mut Command) -> Result<()> {
@@ -154,10 +131,8 @@ pub fn sam_variants(env: &Env, template: &Path, dir: &Path) -> Result<Vec<PathBu
     for (name, overrides) in VARIANTS {
         let file = dir.join(format!("template-{name}.json"));
         let mut cmd = env.command("python");
-        cmd.args(["-c", SAM_TRANSFORM]).arg(template).arg(&file);
+        cmd.arg(paths::repo_root().join(SAM_TRANSFORM)).arg(template).arg(&file);
         cmd.args(overrides.iter().map(|(k, v)| format!("{k}={v}")));
-        // The translator asks boto3 for a region to build ARNs; no call leaves the machine.
-        cmd.env("AWS_DEFAULT_REGION", "us-east-1");
         check(&format!("SAM transform ({name})"), &mut cmd)?;
         out.push(file);
     }
