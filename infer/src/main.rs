@@ -94,11 +94,11 @@ struct ServeArgs {
     #[arg(long, env = "INFER_MAX_DECODING")]
     max_decoding: Option<usize>,
     /// Images per model run when micro-batching; 1 turns micro-batching off.
-    #[arg(long, env = "INFER_MAX_BATCH", default_value_t = infer::batch::DEFAULT_MAX_BATCH)]
+    #[arg(long, env = "INFER_MAX_BATCH", default_value_t = BatchConfig::default().max_batch)]
     max_batch: usize,
     /// How long a request waits for others to batch with, in milliseconds (0: batch only what
     /// queued while the model was busy).
-    #[arg(long, env = "INFER_BATCH_WAIT_MS", default_value_t = 0.0)]
+    #[arg(long, env = "INFER_BATCH_WAIT_MS", default_value_t = BatchConfig::default().max_wait.as_secs_f64() * 1e3)]
     batch_wait_ms: f64,
 }
 
@@ -349,7 +349,13 @@ mod tests {
     /// Options left out give the library's defaults: the flags have no defaults of their own.
     #[test]
     fn serve_limits_default_to_the_librarys() -> Result<()> {
-        let given = ServeArgs::from_env()?.limits();
+        let args = ServeArgs::from_env()?;
+        let batching = BatchConfig::default();
+        assert_eq!(
+            (args.max_batch, Duration::from_secs_f64(args.batch_wait_ms / 1e3)),
+            (batching.max_batch, batching.max_wait)
+        );
+        let given = args.limits();
         let defaults = Limits::default();
         assert_eq!(
             (given.max_body, given.max_images, given.decode, given.max_decoding),

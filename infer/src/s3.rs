@@ -1,6 +1,6 @@
 //! Fetching a model and its sha256 sidecar from S3 or any S3-compatible server, through
 //! `aws-config`'s default chain (environment, profile, IMDS/ECS/Lambda role), which also honours
-//! `AWS_ENDPOINT_URL`. Checking the model against the sidecar is [`crate::source`]'s job.
+//! `AWS_ENDPOINT_URL`. Checking the model against the sidecar is the job of `source`.
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};

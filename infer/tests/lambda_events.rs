@@ -50,33 +50,36 @@ async fn api_gateway_and_function_url_events_reach_the_routes() -> Result<()> {
     http_api_event_on_a_named_stage_and_function_url_event().await
 }
 
-/// `v1` is the template's stage: a path that starts with it must not lose it.
+/// `v1` is the template's stage: a path that starts with it must not lose it (`/v1/model` is
+/// served only under that path; `/predict` also answers an image, as `/v1/predict` does).
 async fn rest_api_events_with_a_stage_and_base64_body() -> Result<()> {
     let png = solid([240, 10, 10], 32, 32, ImageFormat::Png);
     for stage in ["prod", "v1"] {
-        let (status, reply) = send(&rest_event(stage, &png)).await?;
+        let (status, reply) = send(&rest_event(stage, "POST", "/v1/predict", &png)).await?;
         assert_eq!(status, 200, "{stage}: {reply}");
         assert_eq!(reply["predictions"][0]["label"], "red", "{stage}");
         assert_eq!(reply["predictions"][0]["top_k"].as_array().map(Vec::len), Some(1));
+        let (status, reply) = send(&rest_event(stage, "GET", "/v1/model", &[])).await?;
+        assert_eq!((status, &reply["name"]), (200, &json!("tiny")), "{stage}: {reply}");
     }
     Ok(())
 }
 
-fn rest_event(stage: &str, png: &[u8]) -> Value {
+fn rest_event(stage: &str, method: &str, path: &str, png: &[u8]) -> Value {
     json!({
         "resource": "/{proxy+}",
-        "path": "/v1/predict",
-        "httpMethod": "POST",
+        "path": path,
+        "httpMethod": method,
         "headers": {"Content-Type": "image/png"},
         "multiValueHeaders": {"Content-Type": ["image/png"]},
         "queryStringParameters": {"top_k": "1"},
         "multiValueQueryStringParameters": {"top_k": ["1"]},
-        "pathParameters": {"proxy": "v1/predict"},
+        "pathParameters": {"proxy": path.trim_start_matches('/')},
         "stageVariables": null,
         "requestContext": {
             "accountId": "123456789012", "resourceId": "abc", "stage": stage, "requestId": "req-rest-1",
-            "identity": {"sourceIp": "192.0.2.1"}, "resourcePath": "/{proxy+}", "httpMethod": "POST",
-            "apiId": "abc", "path": format!("/{stage}/v1/predict")
+            "identity": {"sourceIp": "192.0.2.1"}, "resourcePath": "/{proxy+}", "httpMethod": method,
+            "apiId": "abc", "path": format!("/{stage}{path}")
         },
         "body": b64(png),
         "isBase64Encoded": true
