@@ -36,7 +36,8 @@ pub async fn load_classifier(
     overrides: &Overrides,
     options: &LoadOptions,
 ) -> Result<Arc<Classifier>, StartError> {
-    // Opening the runtime library (~30 ms) overlaps reading and hashing the model; an error
+    // Opening the runtime library overlaps reading and hashing the model (start-up timings:
+    // infer/BENCHMARKS.md, "Start-up and memory"); an error
     // here comes back again, with its message, from the load below.
     let runtime = tokio::task::spawn_blocking(|| crate::runtime::environment().map(|_| ()));
     let mut result = load_once(source, overrides, options).await;
@@ -114,9 +115,9 @@ fn load_file_from_cache(
         return Ok(None);
     }
     if cache.is_settled(path) {
-        // Hashed in full when the note was written, and not written to since: hashing the
-        // 45 MB of width 64 again would be a third of the start (it competes with the warm-up
-        // run for the two cores). Its sidecar may have changed, so that is still checked.
+        // Hashed in full when the note was written, and not written to since: hashing a wide
+        // model again is a large share of the start, and competes with the warm-up run for the
+        // cores (infer/BENCHMARKS.md, "Start-up and memory"). Its sidecar may have changed, so that is still checked.
         let digest = crate::source::check_sidecar(path, guess)?;
         return Classifier::load_cached(&entry, digest, name, label, overrides, options)
             .map(Some)

@@ -8,6 +8,7 @@
 //! - [`runtime`]: finding `libonnxruntime.so`.
 //! - [`source`], [`s3`]: fetching model bytes, sha256 sidecar check.
 //! - [`model`]: the shared ONNX Runtime session and its contract.
+//! - [`scores`]: logits to probabilities and the top-k classes.
 //! - [`graph_cache`]: ONNX Runtime's optimised graph kept on disk between starts.
 //! - [`preprocess`]: bytes to normalised NCHW floats.
 //! - [`batch`]: running inference off the async threads, with optional micro-batching.
@@ -24,6 +25,7 @@ pub mod model;
 pub mod preprocess;
 pub mod runtime;
 pub mod s3;
+pub mod scores;
 pub mod source;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -16,8 +16,9 @@ use clap::{Args, Parser, Subcommand};
 use infer::api::Limits;
 use infer::batch::BatchConfig;
 use infer::graph_cache::GraphCache;
-use infer::model::{LoadOptions, Overrides, default_threads, top_k};
+use infer::model::{LoadOptions, Overrides, default_threads};
 use infer::preprocess::{DecodeLimits, Normalisation, preprocess_into};
+use infer::scores::top_k;
 use infer::source::ModelSource;
 
 #[derive(Debug, Parser)]

@@ -13,7 +13,7 @@ pub const TELEMETRY_VARIABLE: &str = "ORT_DISABLE_TELEMETRY";
 
 /// Turns ONNX Runtime's telemetry off unless [`TELEMETRY_VARIABLE`] is already set. Since 1.31
 /// the official Linux builds send usage events to Microsoft and keep a device id and an event
-/// database under `~/.cache/Microsoft/DeveloperTools` (seen here: 0.8 MB after a day of tests).
+/// database under `~/.cache/Microsoft/DeveloperTools`.
 /// An inference service should not phone home by default, and on Lambda the home directory is
 /// read-only and egress may be closed. Setting the variable to `0` keeps ONNX Runtime's default.
 ///

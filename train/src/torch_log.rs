@@ -2,7 +2,7 @@
 //!
 //! tch 0.24's `autocast` calls `at::autocast::is_enabled` and `set_enabled`, which libtorch 2.11
 //! deprecates with a warning on *every* call: a mixed-precision run on a GPU printed three lines
-//! per step (219,480 lines, 42 MB of log, in a 186-epoch run). libtorch reads
+//! per step, which buried a long run's own output. libtorch reads
 //! `TORCH_CPP_LOG_LEVEL` only when Python initialises it, so this sets c10's level itself.
 
 /// c10's levels, as `TORCH_CPP_LOG_LEVEL` spells them.

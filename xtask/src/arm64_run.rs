@@ -11,7 +11,6 @@
 //! `/proc/cpuinfo` is a Neoverse-N1's (Graviton2, what Lambda's arm64 runs on), and qemu
 //! emulates that CPU, so that the features the kernels are picked by are Graviton2's.
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -45,6 +44,10 @@ const CPUINFO: &str = "xtask/fixtures/neoverse-n1.cpuinfo";
 
 /// The model the zip embeds (`infer` bundles it at build time), which the x86-64 side loads too.
 const MODEL: &str = "models/resnet18-cifar10.onnx";
+
+/// A 48x40 RGB picture (a sky, a field and a disc between them), larger than the model's 32x32
+/// input so that the resize runs too.
+const IMAGE: &str = "xtask/fixtures/arm64-run.png";
 
 /// Classes compared, in order: every class of CIFAR-10.
 const TOP_K: usize = 10;
@@ -87,7 +90,7 @@ pub fn run(env: &Env) -> Result<()> {
     ensure!(bootstrap.is_file(), "{} holds no {BOOTSTRAP}", zip.display());
 
     let image = work.join("image.png");
-    std::fs::write(&image, test_png()).with_context(|| format!("writing {}", image.display()))?;
+    std::fs::copy(paths::repo_root().join(IMAGE), &image).with_context(|| format!("copying {IMAGE}"))?;
 
     let x86_started = Instant::now();
     let expected = x86_answer(env, &image)?;
@@ -454,54 +457,6 @@ fn api_gateway_v2_event(path: &str, query: &str, content_type: &str, body: &[u8]
     event["requestContext"]["http"]["path"] = json!(path);
     event["body"] = json!(base64::engine::general_purpose::STANDARD.encode(body));
     Ok(event)
-}
-
-/// A 40x48 RGB picture (a sky, a field and a disc between them), larger than the model's 32x32
-/// input so that the resize runs too; PNG-encoded.
-fn test_png() -> Vec<u8> {
-    let (width, height) = (48_u32, 40_u32);
-    let mut rgb = Vec::with_capacity((width * height * 3) as usize);
-    for y in 0..height {
-        for x in 0..width {
-            let (dx, dy) = (x as i64 - 30, y as i64 - 18);
-            let pixel = if dx * dx + dy * dy < 64 {
-                [200, 40 + (x * 2) as u8, 30]
-            } else if y < 22 {
-                [90 + (y * 3) as u8, 140 + (y * 2) as u8, 230]
-            } else {
-                [40, 120 + (x % 7 * 9) as u8, 50 + (y % 5 * 11) as u8]
-            };
-            rgb.extend_from_slice(&pixel);
-        }
-    }
-    encode_png(width, height, &rgb)
-}
-
-/// 8-bit RGB PNG: signature, IHDR, one zlib-compressed IDAT (filter 0 on every row), IEND.
-fn encode_png(width: u32, height: u32, rgb: &[u8]) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(rgb.len() + height as usize);
-    for row in rgb.chunks(width as usize * 3) {
-        raw.push(0);
-        raw.extend_from_slice(row);
-    }
-    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    // Writing into a Vec cannot fail.
-    let idat = zlib.write_all(&raw).and_then(|()| zlib.finish()).unwrap_or_default();
-    let mut ihdr = Vec::with_capacity(13);
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    for (kind, data) in [(b"IHDR", &ihdr[..]), (b"IDAT", &idat[..]), (b"IEND", &[][..])] {
-        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(kind);
-        crc.update(data);
-        png.extend_from_slice(kind);
-        png.extend_from_slice(data);
-        png.extend_from_slice(&crc.finalize().to_be_bytes());
-    }
-    png
 }
 
 #[cfg(test)]

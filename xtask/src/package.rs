@@ -356,7 +356,8 @@ pub fn package(env: &Env, arch: Arch, model: Option<&Path>, out: &Path) -> Resul
     }
     let started = Instant::now();
     // The workspace's release profile keeps line tables for local profiling; on Lambda they
-    // only triple the binary (55 MiB against 16 MiB) and slow every cold start's unzip.
+    // only make the binary several times larger and slow every cold start's unzip (package
+    // sizes: infra/README.md, step 1).
     let mut build = env.command("cargo");
     build
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")

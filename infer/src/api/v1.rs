@@ -12,7 +12,7 @@ use image::{ImageFormat, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, RequestId, Shared, media_type, preprocess_images, read_body, run_model, too_many_images};
-use crate::model::{Scored, top_k};
+use crate::scores::{Scored, top_k};
 
 #[derive(Debug, Deserialize)]
 struct PredictQuery {
