@@ -8,6 +8,7 @@ pub mod download;
 pub mod eval;
 pub mod export;
 pub mod fit;
+pub mod layout;
 pub mod metrics;
 pub mod model;
 pub mod optim;

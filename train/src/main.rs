@@ -84,7 +84,7 @@ impl Machine {
         match self.channels_last {
             Toggle::On => true,
             Toggle::Off => false,
-            Toggle::Auto => train::trainer::channels_last_supported(width, device),
+            Toggle::Auto => train::layout::channels_last_supported(width, device),
         }
     }
 }

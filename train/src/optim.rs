@@ -343,7 +343,7 @@ mod tests {
         let mut conv = (&root / "conv").var("weight", &[4, 3, 2, 2], tch::nn::Init::Randn { mean: 0.0, stdev: 1.0 });
         let one = (&root / "proj").var("weight", &[4, 3, 1, 1], tch::nn::Init::Randn { mean: 0.0, stdev: 1.0 });
         let bias = (&root / "conv").var("bias", &[4], tch::nn::Init::Randn { mean: 0.0, stdev: 1.0 });
-        let cl = crate::trainer::to_channels_last(&conv);
+        let cl = crate::layout::to_channels_last(&conv);
         tch::no_grad(|| conv.set_data(&cl));
         let before: Vec<Tensor> = [&conv, &one, &bias].iter().map(|t| t.copy()).collect();
         let mut opt = Sgd::new(&vs, 0.0, 0.0, false);

@@ -5,28 +5,10 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 use tracing::warn;
 
+use crate::layout::{channels_last_supported, to_channels_last};
 use crate::model::{ModelError, ResNet18, ResNetConfig};
 use crate::optim::Sgd;
 use crate::options::FitOptions;
-
-/// Rewrites NCHW-shaped 4-D tensors with NHWC strides (PyTorch's `channels_last`), which
-/// libtorch's convolutions pick up from the strides.
-pub fn to_channels_last(t: &Tensor) -> Tensor {
-    if t.dim() == 4 {
-        t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
-    } else {
-        t.shallow_clone()
-    }
-}
-
-/// Whether channels-last training is safe for this width (what `--channels-last auto` picks).
-/// On the CPU, libtorch 2.11's oneDNN backward-weights kernel for 1x1 convolutions corrupts the
-/// heap (double free, or a spin that never ends with two threads) when a channels-last layer
-/// has 4 channels; AVX2 kernels block channels by 8, so channels-last is used on a CPU only when
-/// every layer's count is a multiple.
-pub fn channels_last_supported(width: i64, device: Device) -> bool {
-    device.is_cuda() || width % 8 == 0
-}
 
 /// Dynamic loss scaling for float16 autocast: scale the loss so small gradients survive, skip
 /// steps whose gradients overflow and halve the scale; double it after 2,000 good steps.
@@ -124,7 +106,7 @@ impl Trainer {
         let supported = channels_last_supported(config.width, device);
         if channels_last && !supported {
             warn!(
-                "channels-last is off at width {} on the CPU (needs a multiple of 8; see trainer::channels_last_supported)",
+                "channels-last is off at width {} on the CPU (needs a multiple of 8; see layout::channels_last_supported)",
                 config.width
             );
         }

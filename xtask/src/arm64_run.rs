@@ -22,16 +22,7 @@ use serde_json::{Value, json};
 
 use crate::env::Env;
 use crate::package::{self, Arch, BOOTSTRAP};
-use crate::{debian, paths};
-
-/// What the emulation needs from Debian: the emulator and the aarch64 C and C++ runtimes that
-/// the function and `libonnxruntime.so` link against, installed under [`SYSROOT`].
-pub const DEBIAN_PACKAGES: &[&str] = &[
-    "qemu-user",
-    "libc6-arm64-cross",
-    "libstdc++6-arm64-cross",
-    "libgcc-s1-arm64-cross",
-];
+use crate::{debian, paths, tools};
 
 /// Where Debian's cross packages put the aarch64 loader and libraries: qemu's `-L` root.
 const SYSROOT: &str = "/usr/aarch64-linux-gnu";
@@ -77,7 +68,7 @@ pub fn run(env: &Env) -> Result<()> {
         sysroot_loader.exists(),
         "{} is missing: the Debian packages {} provide it (`cargo xtask setup` installs them)",
         sysroot_loader.display(),
-        DEBIAN_PACKAGES.join(" ")
+        tools::ARM64_DEBIAN_PACKAGES.join(" ")
     );
 
     let work = paths::repo_root().join("target/lambda/arm64-run");

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{arm64_run, debian, native, paths, tools};
+use crate::{debian, native, paths, tools};
 
 /// What set-up produced; every task runs its commands with this environment.
 #[derive(Debug)]
@@ -59,7 +59,7 @@ pub fn prepare(needs: Needs) -> Result<Env> {
         relink(&sam, &link.join("sam"))?;
         sam_dir = Some(sam);
         tools::rust_target("aarch64-unknown-linux-gnu")?;
-        debian::ensure(arm64_run::DEBIAN_PACKAGES)?;
+        debian::ensure(tools::ARM64_DEBIAN_PACKAGES)?;
         tools::chromium()?;
     }
     eprintln!(

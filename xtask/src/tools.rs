@@ -42,6 +42,15 @@ pub const SAM_REQUIREMENTS: &[&str] = &[
     "moto[server]==5.2.5",
 ];
 
+/// What the arm64 run (`arm64_run`) needs from Debian: the emulator and the aarch64 C and C++
+/// runtimes that the function and `libonnxruntime.so` link against, under `/usr/aarch64-linux-gnu`.
+pub const ARM64_DEBIAN_PACKAGES: &[&str] = &[
+    "qemu-user",
+    "libc6-arm64-cross",
+    "libstdc++6-arm64-cross",
+    "libgcc-s1-arm64-cross",
+];
+
 /// The virtual environment holding [`REQUIREMENTS`]; its `bin/` goes first on the tasks' PATH.
 pub fn venv(cache: &Path) -> Result<PathBuf> {
     venv_of(cache, "tools", REQUIREMENTS)
