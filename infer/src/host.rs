@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::{AppState, Limits, router};
 use crate::batch::{BatchConfig, Engine};
+use crate::bulk::map::{MapBatch, Worker as MapWorker};
 use crate::graph_cache::{CacheOutcome, GraphCache};
 use crate::metrics::Metrics;
 use crate::model::{Classifier, LoadOptions, ModelError, Overrides};
@@ -185,6 +186,31 @@ pub async fn shutdown_signal() {
 /// Runs the router as a Lambda function until the runtime stops the process.
 pub async fn run_lambda(app: Router) -> Result<(), lambda_http::Error> {
     lambda_http::run(tower::ServiceExt::map_request(app, strip_stage)).await
+}
+
+/// Runs the function with both kinds of event it answers: a Step Functions Distributed Map
+/// batch goes to `worker` ([`crate::bulk::map`]); every other event is handed to `lambda_http`,
+/// exactly as [`run_lambda`] does, and through the same router.
+pub async fn run_lambda_with_map(app: Router, worker: Arc<MapWorker>) -> Result<(), lambda_http::Error> {
+    use lambda_http::{LambdaEvent, request::LambdaRequest};
+    let http = lambda_http::Adapter::from(tower::ServiceExt::map_request(app, strip_stage));
+    let handler = lambda_http::service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let http = http.clone();
+        let worker = Arc::clone(&worker);
+        async move {
+            let LambdaEvent { payload, context } = event;
+            if let Some(batch) = MapBatch::recognise(&payload) {
+                let reply = worker.handle(batch?).await?;
+                return Ok::<_, lambda_http::Error>(serde_json::to_value(reply)?);
+            }
+            let request: LambdaRequest = serde_json::from_value(payload).map_err(|e| {
+                format!("unrecognised event: neither HTTP (API Gateway, function URL, ALB) nor a Distributed Map batch ({e})")
+            })?;
+            let response = tower::ServiceExt::oneshot(http, LambdaEvent::new(request, context)).await?;
+            Ok(serde_json::to_value(response)?)
+        }
+    });
+    lambda_http::lambda_runtime::run(handler).await
 }
 
 /// `lambda_http` puts an API Gateway stage into the path (`/prod/v1/predict` for a REST API's

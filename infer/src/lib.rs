@@ -13,9 +13,12 @@
 //! - [`batch`]: running inference off the async threads, with optional micro-batching.
 //! - [`api`]: the HTTP router, errors, metrics and OpenAPI document.
 //! - [`host`]: the Lambda and plain-server hosts around the router.
+//! - [`bulk`]: classifying every object under an S3 prefix or a folder (`infer predict`), and the
+//!   Step Functions Distributed Map worker.
 
 pub mod api;
 pub mod batch;
+pub mod bulk;
 pub mod graph_cache;
 pub mod host;
 pub mod metrics;

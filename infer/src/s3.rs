@@ -65,3 +65,16 @@ async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec
         .map_err(|e| format!("reading the object body: {e}"))?;
     Ok(body.into_bytes().to_vec())
 }
+
+/// An S3 client from `aws-config`'s default chain; path-style addressing against a custom
+/// endpoint (`AWS_ENDPOINT_URL[_S3]`), as [`fetch`] does. Used by [`crate::bulk`].
+pub async fn client() -> aws_sdk_s3::Client {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    let s3_config = aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(custom_endpoint)
+        .build();
+    aws_sdk_s3::Client::from_conf(s3_config)
+}
