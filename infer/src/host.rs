@@ -1,5 +1,6 @@
 //! The hosts around the router: AWS Lambda (API Gateway REST and HTTP APIs, Function URLs, ALB;
-//! `lambda_http` decodes base64 binary bodies) and a plain HTTP server with graceful shutdown.
+//! `lambda_http` decodes base64 binary bodies; beside them, Step Functions Distributed Map
+//! batches) and a plain HTTP server with graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! `infer`: the thin binary over the `infer` library.
 //!
 //! - On AWS Lambda (`AWS_LAMBDA_RUNTIME_API` set, also under `cargo lambda watch`): serves the
-//!   router through `lambda_http`, configured from the environment (`MODEL_URI`, `INFER_*`).
+//!   router through `lambda_http`, configured from the environment (`MODEL_URI`, `INFER_*`), and
+//!   answers Step Functions Distributed Map batches ([`infer::bulk::map`]).
 //! - `infer serve`: the same router as a plain HTTP server, graceful shutdown on SIGTERM/SIGINT.
 //! - `infer predict IMAGE...`: offline prediction; `infer predict FOLDER|s3://bucket/prefix/`
 //!   classifies every object there into JSON Lines ([`infer::bulk`]).
@@ -359,6 +360,10 @@ async fn predict(args: PredictArgs) -> Result<()> {
         );
         return predict_bulk(args).await;
     }
+    ensure!(
+        args.bulk.output.is_none(),
+        "--output is for a folder or s3:// prefix; image files are printed"
+    );
     let images: Vec<PathBuf> = args.inputs.iter().map(PathBuf::from).collect();
     let classifier = args.model.load().await?;
     let info = classifier.info();
