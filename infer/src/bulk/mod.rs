@@ -1,8 +1,9 @@
 //! Classifying many stored images: every object under an `s3://bucket/prefix/` or a local
 //! folder, with the server's preprocessing and limits, one JSON Lines record per object.
 //!
-//! - [`store`]: listing and reading the objects (S3 or a folder) and the JSON Lines output
-//!   (stdout, a file or an S3 object), with the keys already there for resuming.
+//! - [`store`]: listing and reading the objects (S3 or a folder).
+//! - [`output`]: the JSON Lines output (stdout, a file or an S3 object), with the keys already
+//!   there for resuming.
 //! - [`run`]: `infer predict` over a folder or prefix: bounded concurrency, a progress bar,
 //!   resume, Ctrl-C.
 //! - [`map`]: the same classification as a Step Functions Distributed Map worker on Lambda.
@@ -11,6 +12,7 @@
 //! stops the run or the batch.
 
 pub mod map;
+pub mod output;
 pub mod run;
 pub mod store;
 

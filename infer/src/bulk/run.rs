@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinSet;
 
-use super::store::{Object, Objects, Output, StoreError};
+use super::output::Output;
+use super::store::{Object, Objects, StoreError};
 use super::{Classify, Record};
 
 /// How the run goes.
