@@ -1,5 +1,6 @@
 //! The hosts around the router: AWS Lambda (API Gateway REST and HTTP APIs, Function URLs, ALB;
-//! `lambda_http` decodes base64 binary bodies) and a plain HTTP server with graceful shutdown.
+//! `lambda_http` decodes base64 binary bodies; beside them, Step Functions Distributed Map
+//! batches) and a plain HTTP server with graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::{AppState, Limits, router};
 use crate::batch::{BatchConfig, Engine};
+use crate::bulk::map::{MapBatch, Worker as MapWorker};
 use crate::graph_cache::{CacheOutcome, GraphCache};
 use crate::metrics::Metrics;
 use crate::model::{Classifier, LoadOptions, ModelError, Overrides};
@@ -199,8 +201,27 @@ pub unsafe fn ignore_stage_in_path() {
     unsafe { std::env::set_var(IGNORE_STAGE_VARIABLE, "true") };
 }
 
-/// Runs the router as a Lambda function until the runtime stops the process; call
-/// [`ignore_stage_in_path`] first.
-pub async fn run_lambda(app: Router) -> Result<(), lambda_http::Error> {
-    lambda_http::run(app).await
+/// Runs the function until the runtime stops the process, with both kinds of event it answers:
+/// a Step Functions Distributed Map batch goes to `worker` ([`crate::bulk::map`]); every other
+/// event is handed to `lambda_http`'s adapter and the router. Call [`ignore_stage_in_path`] first.
+pub async fn run_lambda_with_map(app: Router, worker: Arc<MapWorker>) -> Result<(), lambda_http::Error> {
+    use lambda_http::{LambdaEvent, request::LambdaRequest};
+    let http = lambda_http::Adapter::from(app);
+    let handler = lambda_http::service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let http = http.clone();
+        let worker = Arc::clone(&worker);
+        async move {
+            let LambdaEvent { payload, context } = event;
+            if let Some(batch) = MapBatch::recognise(&payload) {
+                let reply = worker.handle(batch?).await?;
+                return Ok::<_, lambda_http::Error>(serde_json::to_value(reply)?);
+            }
+            let request: LambdaRequest = serde_json::from_value(payload).map_err(|e| {
+                format!("unrecognised event: neither HTTP (API Gateway, function URL, ALB) nor a Distributed Map batch ({e})")
+            })?;
+            let response = tower::ServiceExt::oneshot(http, LambdaEvent::new(request, context)).await?;
+            Ok(serde_json::to_value(response)?)
+        }
+    });
+    lambda_http::lambda_runtime::run(handler).await
 }

@@ -15,9 +15,12 @@
 //! - [`api`]: the HTTP router: the page, v1, the Open Inference Protocol, errors and the OpenAPI
 //!   document.
 //! - [`host`]: the Lambda and plain-server hosts around the router.
+//! - [`bulk`]: classifying every object under an S3 prefix or a folder (`infer predict`), and the
+//!   Step Functions Distributed Map worker.
 
 pub mod api;
 pub mod batch;
+pub mod bulk;
 pub mod graph_cache;
 pub mod host;
 pub mod metrics;

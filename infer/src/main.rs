@@ -1,9 +1,11 @@
 //! `infer`: the thin binary over the `infer` library.
 //!
 //! - On AWS Lambda (`AWS_LAMBDA_RUNTIME_API` set, also under `cargo lambda watch`): serves the
-//!   router through `lambda_http`, configured from the environment (`MODEL_URI`, `INFER_*`).
+//!   router through `lambda_http`, configured from the environment (`MODEL_URI`, `INFER_*`), and
+//!   answers Step Functions Distributed Map batches ([`infer::bulk::map`]).
 //! - `infer serve`: the same router as a plain HTTP server, graceful shutdown on SIGTERM/SIGINT.
-//! - `infer predict IMAGE...`: offline prediction.
+//! - `infer predict IMAGE...`: offline prediction; `infer predict FOLDER|s3://bucket/prefix/`
+//!   classifies every object there into JSON Lines ([`infer::bulk`]).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -11,10 +13,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Parser, Subcommand};
 use infer::api::Limits;
 use infer::batch::BatchConfig;
+use infer::bulk::output::Output;
+use infer::bulk::store::{Location, Objects};
 use infer::graph_cache::GraphCache;
 use infer::model::{LoadOptions, Overrides, default_threads};
 use infer::preprocess::{DecodeLimits, Normalisation, preprocess_into};
@@ -36,7 +40,7 @@ struct Cli {
 enum Command {
     /// Serve HTTP on a local address (what `cargo xtask serve` and containers run).
     Serve(ServeArgs),
-    /// Classify image files from the command line.
+    /// Classify image files, or every object in a folder or under an S3 prefix.
     Predict(PredictArgs),
 }
 
@@ -105,17 +109,47 @@ struct ServeArgs {
 
 #[derive(Debug, Args)]
 struct PredictArgs {
-    /// Image files (JPEG, PNG, GIF, WebP, BMP).
-    #[arg(required = true)]
-    images: Vec<PathBuf>,
+    /// Image files (JPEG, PNG, GIF, WebP, BMP), or one folder or s3://bucket/prefix/ whose every
+    /// object is classified into JSON Lines (key, etag, label, class_id, probability, top_k, error).
+    #[arg(required = true, value_name = "IMAGES | FOLDER | s3://BUCKET/PREFIX")]
+    inputs: Vec<String>,
     #[command(flatten)]
     model: ModelArgs,
     /// Classes per image.
     #[arg(long, default_value_t = 5)]
     top_k: usize,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text (image files).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    bulk: BulkArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Folder or S3 prefix")]
+struct BulkArgs {
+    /// Where the records go: a file or s3://bucket/key [default: stdout]. A re-run skips the keys
+    /// already there and adds the rest.
+    #[arg(long, short)]
+    output: Option<String>,
+    /// Objects in flight at once (being read, decoded or queued for the model).
+    #[arg(long, default_value_t = infer::bulk::DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// Images per model run, batched from the objects in flight.
+    #[arg(long, env = "INFER_MAX_BATCH", default_value_t = infer::batch::DEFAULT_MAX_BATCH)]
+    max_batch: usize,
+    /// Largest object in bytes; a larger one gets an error record and is not read.
+    #[arg(long, env = "INFER_MAX_BODY_BYTES", default_value_t = infer::api::DEFAULT_MAX_BODY)]
+    max_body_bytes: usize,
+    /// Largest image side in pixels accepted by the decoder.
+    #[arg(long, env = "INFER_MAX_SIDE", default_value_t = DecodeLimits::default().max_width)]
+    max_side: u32,
+    /// Images decoded at once [default: the CPUs available].
+    #[arg(long, env = "INFER_MAX_DECODING")]
+    max_decoding: Option<usize>,
+    /// No progress bar (it is drawn on stderr when that is a terminal).
+    #[arg(long)]
+    no_progress: bool,
 }
 
 fn parse_triple(text: &str) -> Result<[f32; 3], String> {
@@ -237,6 +271,16 @@ async fn lambda() -> Result<()> {
     // Lambda passes no arguments: the same options come from the environment.
     let args = ServeArgs::from_env()?;
     let classifier = args.model.load().await?;
+    // A Distributed Map batch is many objects at once: that path batches model runs.
+    let classify = infer::bulk::Classify::new(
+        Arc::clone(&classifier),
+        BatchConfig {
+            max_batch: args.max_batch.max(1),
+            max_wait: Duration::ZERO,
+        },
+        args.limits(),
+    );
+    let worker = infer::bulk::map::Worker::new(Arc::new(classify), infer::bulk::DEFAULT_CONCURRENCY);
     // One request at a time per instance: nothing to batch.
     let app = infer::host::app(
         classifier,
@@ -246,7 +290,7 @@ async fn lambda() -> Result<()> {
         },
         args.limits(),
     );
-    infer::host::run_lambda(app)
+    infer::host::run_lambda_with_map(app, Arc::new(worker))
         .await
         .map_err(|e| anyhow::anyhow!("the Lambda runtime stopped: {e}"))
 }
@@ -262,17 +306,22 @@ impl ServeArgs {
     }
 
     fn limits(&self) -> Limits {
-        let defaults = Limits::default();
-        Limits {
-            max_body: self.max_body_bytes,
-            max_images: self.max_images.max(1),
-            decode: DecodeLimits {
-                max_width: self.max_side,
-                max_height: self.max_side,
-                ..defaults.decode
-            },
-            max_decoding: self.max_decoding.unwrap_or(defaults.max_decoding).max(1),
-        }
+        limits(self.max_body_bytes, self.max_images, self.max_side, self.max_decoding)
+    }
+}
+
+/// The server's limits from its flags; `infer predict` over a prefix applies the same ones.
+fn limits(max_body: usize, max_images: usize, max_side: u32, max_decoding: Option<usize>) -> Limits {
+    let defaults = Limits::default();
+    Limits {
+        max_body,
+        max_images: max_images.max(1),
+        decode: DecodeLimits {
+            max_width: max_side,
+            max_height: max_side,
+            ..defaults.decode
+        },
+        max_decoding: max_decoding.unwrap_or(defaults.max_decoding).max(1),
     }
 }
 
@@ -308,19 +357,32 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn predict(args: PredictArgs) -> Result<()> {
+    if args.inputs.iter().any(|i| Location::is_bulk(i)) {
+        ensure!(
+            args.inputs.len() == 1,
+            "a folder or s3:// prefix must be the only input (got {} inputs)",
+            args.inputs.len()
+        );
+        return predict_bulk(args).await;
+    }
+    ensure!(
+        args.bulk.output.is_none(),
+        "--output is for a folder or s3:// prefix; image files are printed"
+    );
+    let images: Vec<PathBuf> = args.inputs.iter().map(PathBuf::from).collect();
     let classifier = args.model.load().await?;
     let info = classifier.info();
     let norm = Normalisation::from_info(info);
     let mut input = Vec::new();
-    for path in &args.images {
+    for path in &images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         preprocess_into(&bytes, &DecodeLimits::default(), &norm, &mut input)
             .with_context(|| format!("{}", path.display()))?;
     }
-    let logits = classifier.run(input, args.images.len())?;
+    let logits = classifier.run(input, images.len())?;
     let k = args.top_k.clamp(1, info.num_classes());
     let mut results = Vec::new();
-    for (path, l) in args.images.iter().zip(&logits) {
+    for (path, l) in images.iter().zip(&logits) {
         let top = top_k(l, &info.class_names, k);
         if args.json {
             results.push(serde_json::json!({"image": path.display().to_string(), "top_k": top}));
@@ -340,6 +402,34 @@ async fn predict(args: PredictArgs) -> Result<()> {
         let doc = serde_json::json!({"model": {"name": info.name, "version": info.version}, "predictions": results});
         println!("{}", serde_json::to_string_pretty(&doc)?);
     }
+    Ok(())
+}
+
+async fn predict_bulk(args: PredictArgs) -> Result<()> {
+    let location = Location::parse(&args.inputs[0])?;
+    // Opened first: a bad output stops the run before the model loads.
+    let mut output = Output::open(args.bulk.output.as_deref()).await?;
+    let classifier = args.model.load().await?;
+    let bulk = &args.bulk;
+    let classify = infer::bulk::Classify::new(
+        classifier,
+        BatchConfig {
+            max_batch: bulk.max_batch.max(1),
+            max_wait: Duration::ZERO,
+        },
+        limits(bulk.max_body_bytes, 1, bulk.max_side, bulk.max_decoding),
+    );
+    let options = infer::bulk::run::Options {
+        concurrency: bulk.concurrency,
+        top_k: args.top_k,
+        progress: !bulk.no_progress,
+    };
+    let objects = Objects::open(&location).await;
+    let summary = infer::bulk::run::run(Arc::new(classify), objects, &mut output, options).await?;
+    output.finish().await?;
+    // On stderr, so that records on stdout stay pure JSON Lines.
+    eprintln!("{location}: {summary}");
+    ensure!(!summary.interrupted, "interrupted");
     Ok(())
 }
 

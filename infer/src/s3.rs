@@ -30,16 +30,7 @@ pub struct Fetched {
 
 /// Downloads `s3://bucket/key` and `s3://bucket/key.sha256` when that exists (404).
 pub async fn fetch(bucket: &str, key: &str) -> Result<Fetched, S3Error> {
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    // A custom endpoint (MinIO, moto, LocalStack) is addressed by path: `bucket.127.0.0.1` does not resolve.
-    let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
-    let s3_config = aws_sdk_s3::config::Builder::from(&config)
-        .force_path_style(custom_endpoint)
-        .build();
-    let client = aws_sdk_s3::Client::from_conf(s3_config);
-
+    let client = client().await;
     let model = get(&client, bucket, key).await.map_err(|failure| S3Error::Fetch {
         uri: format!("s3://{bucket}/{key}"),
         reason: failure.reason(bucket, key),
@@ -120,6 +111,19 @@ async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec
         .await
         .map_err(|e| Failure::Other(format!("reading the object body: {e}")))?;
     Ok(body.into_bytes().to_vec())
+}
+
+/// An S3 client from `aws-config`'s default chain, for [`fetch`] and [`crate::bulk`].
+pub async fn client() -> aws_sdk_s3::Client {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    // A custom endpoint (MinIO, moto, LocalStack) is addressed by path: `bucket.127.0.0.1` does not resolve.
+    let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    let s3_config = aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(custom_endpoint)
+        .build();
+    aws_sdk_s3::Client::from_conf(s3_config)
 }
 
 #[cfg(test)]

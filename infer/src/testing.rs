@@ -3,6 +3,7 @@
 //! class follows from the image's mean colour and the expected answer is known in advance.
 
 pub mod lambda;
+pub mod moto;
 
 use onnx::ModelMetadata;
 use onnx::proto::{

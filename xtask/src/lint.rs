@@ -3,6 +3,9 @@
 //! - `cfn-lint` with the serverless rules on `infra/template.yaml`, and again on the template
 //!   after the real SAM transform for each way it can be deployed (zip or image; no auth, IAM or
 //!   API key; bundled or S3 model), because conditions decide which resources exist;
+//! - `cfn-lint` on every Step Functions definition in those variants, as a plain
+//!   `AWS::StepFunctions::StateMachine` with its `Definition` as an object: SAM turns a definition
+//!   into a `DefinitionString`, which cfn-lint does not look inside;
 //! - `checkov` on the template, those transformed variants, the Dockerfile and the workflows;
 //! - `actionlint` (with `shellcheck` on every `run:` script), `zizmor` (offline) on the workflows;
 //! - `hadolint` on the Dockerfile and `shellcheck` on the scripts in `infra/` and `scripts/`.
@@ -67,6 +70,46 @@ pub const VARIANTS: &[(&str, &[(&str, &str)])] = &[
 /// `infra/rehearsal/sam_transform.py`: the SAM transform of one deployment (the rehearsal uses it
 /// too), run with the tools venv's translator.
 const SAM_TRANSFORM: &str = "infra/rehearsal/sam_transform.py";
+
+/// Writes every state machine of a transformed template into `out` as a plain
+/// `AWS::StepFunctions::StateMachine` whose `Definition` is the parsed object, which is what
+/// cfn-lint's E3601 validates against the States Language schema. `${...}` substitutions stay as
+/// they are: in a SAM definition they can only stand in strings.
+const STATE_MACHINES: &str = r#"
+import json, sys
+src, out = sys.argv[1:]
+template = json.load(open(src))
+machines = {}
+for name, resource in template["Resources"].items():
+    if resource.get("Type") != "AWS::StepFunctions::StateMachine":
+        continue
+    props = resource["Properties"]
+    text = props.get("DefinitionString")
+    if isinstance(text, dict) and "Fn::Join" in text:
+        text = text["Fn::Join"][0].join(text["Fn::Join"][1])
+    definition = json.loads(text) if isinstance(text, str) else props.get("Definition")
+    # The other properties name other resources; tracing is kept for the serverless rules.
+    machines[name] = {"Type": "AWS::StepFunctions::StateMachine", "Properties": {
+        "RoleArn": "arn:aws:iam::123456789012:role/placeholder", "Definition": definition,
+        "TracingConfiguration": props.get("TracingConfiguration", {"Enabled": False})}}
+json.dump({"AWSTemplateFormatVersion": "2010-09-09", "Resources": machines}, open(out, "w"), indent=1)
+"#;
+
+/// cfn-lint on the state machine definitions of each transformed `variants` file.
+pub fn state_machines(env: &Env, variants: &[PathBuf]) -> Result<()> {
+    let mut files = Vec::new();
+    for variant in variants {
+        let out = variant.with_extension("state-machines.json");
+        let mut cmd = env.command("python");
+        cmd.args(["-c", STATE_MACHINES]).arg(variant).arg(&out);
+        check(
+            &format!("state machines of {}", names(std::slice::from_ref(variant))),
+            &mut cmd,
+        )?;
+        files.push(out);
+    }
+    cfn_lint(env, &files, &[])
+}
 
 /// Runs `cmd` with its output captured: silent when it passes, the full output when not.
 pub fn check(name: &str, cmd: &mut Command) -> Result<()> {
@@ -215,6 +258,7 @@ pub fn run(env: &Env) -> Result<()> {
     match variants {
         Ok(variants) => {
             record(cfn_lint(env, &variants, &["W2001"]));
+            record(state_machines(env, &variants));
             let mut all = vec![template.clone(), bootstrap];
             all.extend(variants);
             record(checkov(env, "cloudformation", &all));
@@ -330,6 +374,20 @@ mod tests {
         );
         assert!(!image.contains(".Alias\""), "an unresolved .Alias reference is left");
         Ok(())
+    }
+
+    #[test]
+    fn cfn_lint_rejects_a_broken_state_machine_definition() -> Result<()> {
+        let env = env()?;
+        let dir = crate::package::TempDir::new()?;
+        // What SAM makes of a definition: its JSON text, line by line, in a Fn::Join.
+        let transformed = r#"{"Resources": {"Bulk": {"Type": "AWS::StepFunctions::StateMachine",
+            "Properties": {"RoleArn": "arn:aws:iam::123456789012:role/r", "DefinitionString": {"Fn::Join": ["\n", [
+                "{\"StartAt\": \"M\", \"States\": {\"M\": {\"Type\": \"Map\", \"MaxConcurrency\": \"ten\",",
+                "\"End\": true, \"ItemProcessor\": {\"StartAt\": \"P\", \"States\": {\"P\": {\"Type\": \"Pass\", \"End\": true}}}}}}"
+            ]]}}}}}"#;
+        let file = write(dir.path(), "template-x.json", transformed)?;
+        rejects(state_machines(&env, &[file]), "'ten' is not of type 'number'")
     }
 
     #[test]

@@ -45,6 +45,11 @@ impl LambdaWatch {
     /// Starts `cargo lambda watch` for the `infer` crate with `MODEL_URI=model`, on a free port.
     /// It builds the function on first use; [`LambdaWatch::invoke`] waits for it.
     pub fn start(model: &Path) -> Result<Self, LambdaError> {
+        Self::start_with_env(model, &[])
+    }
+
+    /// [`LambdaWatch::start`] with more environment variables for the function (`--env-var`).
+    pub fn start_with_env(model: &Path, env: &[(&str, String)]) -> Result<Self, LambdaError> {
         let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let mut paths = vec![crate_dir.join("../.native/tools/bin")];
         paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
@@ -71,6 +76,10 @@ impl LambdaWatch {
                 "--ignore-changes",
             ])
             .args(["--env-var", &format!("MODEL_URI={}", model.display())])
+            .args(
+                env.iter()
+                    .flat_map(|(k, v)| ["--env-var".to_owned(), format!("{k}={v}")]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
