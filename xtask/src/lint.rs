@@ -379,7 +379,7 @@ mod tests {
     #[test]
     fn cfn_lint_rejects_a_broken_state_machine_definition() -> Result<()> {
         let env = env()?;
-        let dir = crate::package::TempDir::new()?;
+        let dir = tempfile::tempdir()?;
         // What SAM makes of a definition: its JSON text, line by line, in a Fn::Join.
         let transformed = r#"{"Resources": {"Bulk": {"Type": "AWS::StepFunctions::StateMachine",
             "Properties": {"RoleArn": "arn:aws:iam::123456789012:role/r", "DefinitionString": {"Fn::Join": ["\n", [
