@@ -4,7 +4,7 @@
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
-use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::operation::get_object::{GetObjectError, GetObjectOutput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum S3Error {
@@ -97,14 +97,28 @@ impl Failure {
     }
 }
 
-async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, Failure> {
-    let object = client
+/// `GetObject` for `s3://bucket/key`, its failure told apart as [`fetch`] and the bulk reader
+/// need: the reason names the key, and a 403 the permission it lacks.
+pub(crate) async fn get_object(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<GetObjectOutput, String> {
+    request(client, bucket, key).await.map_err(|f| f.reason(bucket, key))
+}
+
+async fn request(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<GetObjectOutput, Failure> {
+    client
         .get_object()
         .bucket(bucket)
         .key(key)
         .send()
         .await
-        .map_err(|e| Failure::of(&e))?;
+        .map_err(|e| Failure::of(&e))
+}
+
+async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, Failure> {
+    let object = request(client, bucket, key).await?;
     let body = object
         .body
         .collect()

@@ -5,8 +5,7 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
-use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::error::DisplayErrorContext;
 
 use super::ItemError;
 
@@ -244,21 +243,9 @@ pub(super) async fn read_s3(
     max_bytes: usize,
 ) -> Result<Vec<u8>, ItemError> {
     let uri = || format!("s3://{bucket}/{key}");
-    let object = client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
+    let object = crate::s3::get_object(client, bucket, key)
         .await
-        .map_err(|e| ItemError::Read {
-            uri: uri(),
-            reason: match &e {
-                SdkError::ServiceError(s) if matches!(s.err(), GetObjectError::NoSuchKey(_)) => {
-                    "no such key".to_owned()
-                }
-                _ => DisplayErrorContext(&e).to_string(),
-            },
-        })?;
+        .map_err(|reason| ItemError::Read { uri: uri(), reason })?;
     if let Some(size) = object.content_length().and_then(|s| u64::try_from(s).ok())
         && size > max_bytes as u64
     {
