@@ -59,7 +59,7 @@ pub async fn fetch(bucket: &str, key: &str) -> Result<Fetched, S3Error> {
 
 /// Why a GET failed, told apart by the SDK's typed error and the HTTP status.
 #[derive(Debug, PartialEq)]
-enum Failure {
+pub(crate) enum Failure {
     /// `NoSuchKey`, or any 404.
     NotFound,
     /// 403: no permission to read the key (or, without s3:ListBucket, to learn it is absent).
@@ -86,7 +86,7 @@ impl Failure {
         }
     }
 
-    fn reason(self, bucket: &str, key: &str) -> String {
+    pub(crate) fn reason(self, bucket: &str, key: &str) -> String {
         match self {
             Failure::NotFound => format!("no such key: {key} is not in bucket {bucket}"),
             Failure::Denied(detail) => {
@@ -97,17 +97,9 @@ impl Failure {
     }
 }
 
-/// `GetObject` for `s3://bucket/key`, its failure told apart as [`fetch`] and the bulk reader
-/// need: the reason names the key, and a 403 the permission it lacks.
-pub(crate) async fn get_object(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
-) -> Result<GetObjectOutput, String> {
-    request(client, bucket, key).await.map_err(|f| f.reason(bucket, key))
-}
-
-async fn request(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<GetObjectOutput, Failure> {
+/// `GetObject` for `s3://bucket/key`, its failure told apart (missing, denied, other) as
+/// [`fetch`] and the bulk reader need it.
+pub(crate) async fn request(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<GetObjectOutput, Failure> {
     client
         .get_object()
         .bucket(bucket)

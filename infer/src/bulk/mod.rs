@@ -79,6 +79,8 @@ impl Record {
 pub enum ItemError {
     #[error("reading {uri}: {reason}")]
     Read { uri: String, reason: String },
+    #[error("reading {uri}: no such key")]
+    Missing { uri: String },
     #[error("the object is {size} bytes, over the limit of {limit} bytes (--max-body-bytes)")]
     TooLarge { size: u64, limit: usize },
     #[error(transparent)]

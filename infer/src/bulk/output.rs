@@ -76,7 +76,7 @@ impl Output {
                 let client = crate::s3::client().await;
                 let existing = match read_s3(&client, bucket, key, usize::MAX).await {
                     Ok(bytes) => bytes,
-                    Err(ItemError::Read { reason, .. }) if reason == "no such key" => Vec::new(),
+                    Err(ItemError::Missing { .. }) => Vec::new(),
                     Err(e) => {
                         return Err(StoreError::S3 {
                             what: "reading",

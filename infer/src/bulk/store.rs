@@ -243,9 +243,15 @@ pub(super) async fn read_s3(
     max_bytes: usize,
 ) -> Result<Vec<u8>, ItemError> {
     let uri = || format!("s3://{bucket}/{key}");
-    let object = crate::s3::get_object(client, bucket, key)
+    let object = crate::s3::request(client, bucket, key)
         .await
-        .map_err(|reason| ItemError::Read { uri: uri(), reason })?;
+        .map_err(|failure| match failure {
+            crate::s3::Failure::NotFound => ItemError::Missing { uri: uri() },
+            failure => ItemError::Read {
+                uri: uri(),
+                reason: failure.reason(bucket, key),
+            },
+        })?;
     if let Some(size) = object.content_length().and_then(|s| u64::try_from(s).ok())
         && size > max_bytes as u64
     {
