@@ -101,19 +101,8 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, Prepr
     let classify = |err| classify(err, limits);
     let mut decoder = reader.into_decoder().map_err(classify)?;
     let (width, height) = decoder.dimensions();
-    if width == 0 || height == 0 {
-        return Err(PreprocessError::Corrupt(format!(
-            "{width}x{height} image has no pixels"
-        )));
-    }
     // `from_decoder` does not charge the pixel buffer against `max_alloc`, so check it here.
-    let bytes_needed = decoder.total_bytes();
-    if bytes_needed > limits.max_alloc {
-        return Err(PreprocessError::TooLarge(format!(
-            "{width}x{height} needs {bytes_needed} bytes decoded, over the limit of {}",
-            limits.max_alloc
-        )));
-    }
+    check_size(width, height, decoder.total_bytes(), limits)?;
     // A broken EXIF block must not reject an otherwise good image.
     let orientation = decoder.orientation().ok();
     let mut image = DynamicImage::from_decoder(decoder).map_err(classify)?;
@@ -123,8 +112,8 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, Prepr
     Ok(image)
 }
 
-/// A JPEG's width and height against the limits, before any pixel is allocated.
-fn check_size(width: u32, height: u32, channels: u64, limits: &DecodeLimits) -> Result<(), PreprocessError> {
+/// An image's size and its decoded bytes against the limits, before any pixel is allocated.
+fn check_size(width: u32, height: u32, bytes_needed: u64, limits: &DecodeLimits) -> Result<(), PreprocessError> {
     if width == 0 || height == 0 {
         return Err(PreprocessError::Corrupt(format!(
             "{width}x{height} image has no pixels"
@@ -136,7 +125,6 @@ fn check_size(width: u32, height: u32, channels: u64, limits: &DecodeLimits) -> 
             limits.max_width, limits.max_height
         )));
     }
-    let bytes_needed = u64::from(width) * u64::from(height) * channels;
     if bytes_needed > limits.max_alloc {
         return Err(PreprocessError::TooLarge(format!(
             "{width}x{height} needs {bytes_needed} bytes decoded, over the limit of {}",
@@ -159,7 +147,7 @@ fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, Prep
         .dimensions()
         .ok_or_else(|| PreprocessError::Corrupt("the JPEG has no frame header".into()))?;
     let (width, height) = (width as u32, height as u32);
-    check_size(width, height, 3, limits)?;
+    check_size(width, height, u64::from(width) * u64::from(height) * 3, limits)?;
     let len = decoder
         .output_buffer_size()
         .filter(|len| *len as u64 == u64::from(width) * u64::from(height) * 3)
