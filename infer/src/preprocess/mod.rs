@@ -3,39 +3,20 @@
 //! resized to the model's input and normalised with the model's mean and std.
 //!
 //! Decoding is strict: a truncated or corrupt file is an error, never a partly grey image that
-//! gets classified. JPEG is decoded by zune-jpeg in its strict mode (which `image` 0.25 leaves
-//! off: it fills a short scan with grey) after a walk over the marker segments that finds the
-//! end-of-image marker; the other formats' decoders already fail on missing data.
+//! gets classified. JPEG has a module of its own ([`jpeg`]: strict, and reduced-scale for large
+//! images); the other formats' decoders already fail on missing data.
+
+mod jpeg;
+mod limits;
 
 use std::io::Cursor;
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
-use zune_jpeg::zune_core::bytestream::ZCursor;
-use zune_jpeg::zune_core::colorspace::ColorSpace;
-use zune_jpeg::zune_core::options::DecoderOptions;
 
-/// Guards against decompression bombs; checked before pixels are allocated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecodeLimits {
-    pub max_width: u32,
-    pub max_height: u32,
-    /// Bytes the decoder may allocate for one image.
-    pub max_alloc: u64,
-}
-
-impl Default for DecodeLimits {
-    fn default() -> Self {
-        // 8192 a side covers any camera; 64 MiB is about 22 megapixels of RGB.
-        Self {
-            max_width: 8192,
-            max_height: 8192,
-            max_alloc: 64 << 20,
-        }
-    }
-}
+use limits::check_size;
+pub use limits::{DecodeLimits, PreprocessError};
 
 /// What the pixels are turned into.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,20 +38,6 @@ impl Normalisation {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PreprocessError {
-    #[error("the body is empty")]
-    Empty,
-    #[error("not a recognised image: JPEG, PNG, GIF, WebP and BMP are accepted")]
-    UnknownFormat,
-    #[error("{0} images are not accepted: JPEG, PNG, GIF, WebP and BMP are")]
-    UnsupportedFormat(String),
-    #[error("the image could not be decoded: {0}")]
-    Corrupt(String),
-    #[error("the image is too large: {0}")]
-    TooLarge(String),
-}
-
 /// The image formats this server decodes.
 pub const FORMATS: [ImageFormat; 5] = [
     ImageFormat::Jpeg,
@@ -82,6 +49,16 @@ pub const FORMATS: [ImageFormat; 5] = [
 
 /// Decodes by content, with limits, and applies the EXIF orientation.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, PreprocessError> {
+    decode_for(bytes, limits, None)
+}
+
+/// [`decode`], for an image that will be resized to `target` (width, height): a large JPEG may
+/// come back smaller than its full size, never smaller than the resize needs ([`jpeg`]).
+fn decode_for(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    target: Option<(u32, u32)>,
+) -> Result<DynamicImage, PreprocessError> {
     if bytes.is_empty() {
         return Err(PreprocessError::Empty);
     }
@@ -90,7 +67,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, Prepr
         return Err(PreprocessError::UnsupportedFormat(format!("{format:?}").to_uppercase()));
     }
     if format == ImageFormat::Jpeg {
-        return decode_jpeg(bytes, limits);
+        return jpeg::decode(bytes, limits, target);
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut image_limits = Limits::default();
@@ -110,124 +87,6 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, Prepr
         image.apply_orientation(orientation);
     }
     Ok(image)
-}
-
-/// An image's size and its decoded bytes against the limits, before any pixel is allocated.
-fn check_size(width: u32, height: u32, bytes_needed: u64, limits: &DecodeLimits) -> Result<(), PreprocessError> {
-    if width == 0 || height == 0 {
-        return Err(PreprocessError::Corrupt(format!(
-            "{width}x{height} image has no pixels"
-        )));
-    }
-    if width > limits.max_width || height > limits.max_height {
-        return Err(PreprocessError::TooLarge(format!(
-            "{width}x{height} is over the limit of {}x{} pixels",
-            limits.max_width, limits.max_height
-        )));
-    }
-    if bytes_needed > limits.max_alloc {
-        return Err(PreprocessError::TooLarge(format!(
-            "{width}x{height} needs {bytes_needed} bytes decoded, over the limit of {}",
-            limits.max_alloc
-        )));
-    }
-    Ok(())
-}
-
-/// A JPEG, strictly: every scan complete, up to the end-of-image marker; any colour space
-/// (grey, YCbCr, CMYK, YCCK) to RGB; EXIF orientation applied.
-fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, PreprocessError> {
-    check_jpeg_segments(bytes)?;
-    let options = DecoderOptions::default()
-        .set_strict_mode(true)
-        .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    decoder.decode_headers().map_err(jpeg_error)?;
-    let (width, height) = decoder
-        .dimensions()
-        .ok_or_else(|| PreprocessError::Corrupt("the JPEG has no frame header".into()))?;
-    let (width, height) = (width as u32, height as u32);
-    check_size(width, height, u64::from(width) * u64::from(height) * 3, limits)?;
-    let len = decoder
-        .output_buffer_size()
-        .filter(|len| *len as u64 == u64::from(width) * u64::from(height) * 3)
-        .ok_or_else(|| PreprocessError::Corrupt("the JPEG decoder's output does not match its size".into()))?;
-    // A broken EXIF block must not reject an otherwise good image.
-    let orientation = decoder.exif().and_then(|exif| Orientation::from_exif_chunk(exif));
-    let mut pixels = vec![0; len];
-    decoder.decode_into(&mut pixels).map_err(jpeg_error)?;
-    let rgb = RgbImage::from_raw(width, height, pixels)
-        .ok_or_else(|| PreprocessError::Corrupt("the JPEG decoder's output does not match its size".into()))?;
-    let mut image = DynamicImage::ImageRgb8(rgb);
-    if let Some(orientation) = orientation {
-        image.apply_orientation(orientation);
-    }
-    Ok(image)
-}
-
-fn jpeg_error(err: zune_jpeg::errors::DecodeErrors) -> PreprocessError {
-    use zune_jpeg::errors::DecodeErrors;
-    let reason = match err {
-        DecodeErrors::Unsupported(scheme) => {
-            return PreprocessError::UnsupportedFormat(format!("JPEG ({scheme:?})"));
-        }
-        DecodeErrors::LargeDimensions(_) => return PreprocessError::TooLarge(format!("JPEG: {err:?}")),
-        DecodeErrors::Format(reason) => reason,
-        DecodeErrors::FormatStatic(reason) => reason.to_owned(),
-        other => format!("{other:?}"),
-    };
-    PreprocessError::Corrupt(format!("JPEG: {reason}"))
-}
-
-/// Walks a JPEG's marker segments and entropy-coded scans and fails unless an end-of-image
-/// marker (EOI) follows the first scan: zune-jpeg's strict mode catches a scan cut short, but
-/// not a file cut between or just after the scans. Thumbnails in EXIF blocks carry their own
-/// EOI, so this follows segment lengths rather than searching for the bytes.
-fn check_jpeg_segments(bytes: &[u8]) -> Result<(), PreprocessError> {
-    let cut = |what: &str| PreprocessError::Corrupt(format!("JPEG data ends {what}"));
-    let mut at = 2; // after SOI, which sniffing already saw
-    let mut in_scan = false;
-    loop {
-        // Entropy-coded data, or fill bytes, up to the next marker.
-        let Some(ff) = bytes.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0xFF)) else {
-            return Err(cut("before the end-of-image marker"));
-        };
-        if !in_scan && ff > 0 {
-            return Err(PreprocessError::Corrupt(format!(
-                "JPEG: {ff} stray bytes before a marker at offset {at}"
-            )));
-        }
-        at += ff + 1;
-        let Some(&marker) = bytes.get(at) else {
-            return Err(cut("before the end-of-image marker"));
-        };
-        at += 1;
-        match marker {
-            // Stuffed 0xFF inside a scan, fill bytes, restart markers: the scan goes on.
-            0x00 | 0xD0..=0xD7 if in_scan => {}
-            0xFF => at -= 1,
-            0xD9 => {
-                return if in_scan {
-                    Ok(())
-                } else {
-                    Err(PreprocessError::Corrupt(
-                        "JPEG: end-of-image marker before any scan".into(),
-                    ))
-                };
-            }
-            _ => {
-                let len = bytes
-                    .get(at..at + 2)
-                    .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-                    .ok_or_else(|| cut(&format!("inside the header of segment 0xFF{marker:02X}")))?;
-                if len < 2 || at + len > bytes.len() {
-                    return Err(cut(&format!("inside segment 0xFF{marker:02X}")));
-                }
-                at += len;
-                in_scan = marker == 0xDA;
-            }
-        }
-    }
 }
 
 fn classify(err: ImageError, limits: &DecodeLimits) -> PreprocessError {
@@ -312,7 +171,7 @@ pub fn preprocess_into(
     norm: &Normalisation,
     out: &mut Vec<f32>,
 ) -> Result<(), PreprocessError> {
-    let rgb = to_rgb(decode(bytes, limits)?);
+    let rgb = to_rgb(decode_for(bytes, limits, Some((norm.width, norm.height)))?);
     normalise_into(&rgb, norm, out);
     Ok(())
 }
@@ -324,7 +183,7 @@ pub fn preprocess_seen(
     norm: &Normalisation,
     out: &mut Vec<f32>,
 ) -> Result<RgbImage, PreprocessError> {
-    let rgb = to_rgb(decode(bytes, limits)?);
+    let rgb = to_rgb(decode_for(bytes, limits, Some((norm.width, norm.height)))?);
     let seen = model_view(&rgb, norm).into_owned();
     normalise_pixels(&seen, norm, out);
     Ok(seen)
@@ -429,43 +288,6 @@ mod tests {
         assert!(matches!(decode(&png, &tight), Err(PreprocessError::TooLarge(_))));
     }
 
-    /// A JPEG with an APP1 EXIF block holding only the Orientation tag.
-    fn jpeg_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> {
-        let jpeg = encode(image, ImageFormat::Jpeg);
-        let mut tiff = b"II*\0\x08\0\0\0".to_vec();
-        tiff.extend(1u16.to_le_bytes()); // one IFD entry
-        tiff.extend(0x0112u16.to_le_bytes()); // Orientation
-        tiff.extend(3u16.to_le_bytes()); // SHORT
-        tiff.extend(1u32.to_le_bytes());
-        tiff.extend(orientation.to_le_bytes());
-        tiff.extend([0, 0]);
-        tiff.extend(0u32.to_le_bytes()); // no next IFD
-        let mut app1 = b"Exif\0\0".to_vec();
-        app1.extend(tiff);
-        let mut out = jpeg[..2].to_vec(); // SOI
-        out.extend([0xFF, 0xE1]);
-        out.extend(u16::try_from(app1.len() + 2).expect("small segment").to_be_bytes());
-        out.extend(app1);
-        out.extend(&jpeg[2..]);
-        out
-    }
-
-    #[test]
-    fn exif_orientation_is_applied() -> Result<(), PreprocessError> {
-        // Left half red, right half blue, 16x8; orientation 6 means "rotate 90 degrees clockwise to view".
-        let image = DynamicImage::ImageRgb8(RgbImage::from_fn(16, 8, |x, _| {
-            if x < 8 { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) }
-        }));
-        let plain = to_rgb(decode(&jpeg_with_orientation(&image, 1), &DecodeLimits::default())?);
-        assert_eq!(plain.dimensions(), (16, 8));
-        let rotated = to_rgb(decode(&jpeg_with_orientation(&image, 6), &DecodeLimits::default())?);
-        assert_eq!(rotated.dimensions(), (8, 16));
-        // After a clockwise turn the left (red) half is on top.
-        assert!(rotated.get_pixel(4, 2)[0] > 200 && rotated.get_pixel(4, 2)[2] < 60);
-        assert!(rotated.get_pixel(4, 13)[2] > 200 && rotated.get_pixel(4, 13)[0] < 60);
-        Ok(())
-    }
-
     #[test]
     fn downsizing_averages_the_area() {
         // A fine checkerboard averages to mid-grey, which a nearest-neighbour resize would not give.
@@ -508,14 +330,14 @@ mod tests {
 
     /// Files the `image` crate cannot write (see `tests/images/README.md`): a red gradient.
     const FIXTURES: [(&str, &[u8]); 5] = [
-        ("progressive.jpg", include_bytes!("../tests/images/progressive.jpg")),
-        ("cmyk.jpg", include_bytes!("../tests/images/cmyk.jpg")),
+        ("progressive.jpg", include_bytes!("../../tests/images/progressive.jpg")),
+        ("cmyk.jpg", include_bytes!("../../tests/images/cmyk.jpg")),
         (
             "cmyk-progressive.jpg",
-            include_bytes!("../tests/images/cmyk-progressive.jpg"),
+            include_bytes!("../../tests/images/cmyk-progressive.jpg"),
         ),
-        ("restarts.jpg", include_bytes!("../tests/images/restarts.jpg")),
-        ("palette.png", include_bytes!("../tests/images/palette.png")),
+        ("restarts.jpg", include_bytes!("../../tests/images/restarts.jpg")),
+        ("palette.png", include_bytes!("../../tests/images/palette.png")),
     ];
 
     #[test]
@@ -567,46 +389,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn jpeg_segments_walk_finds_the_end_or_says_where_it_stops() {
-        let jpeg = encode(
-            &DynamicImage::ImageRgb8(RgbImage::from_pixel(16, 16, Rgb([9, 9, 9]))),
-            ImageFormat::Jpeg,
-        );
-        assert_eq!(check_jpeg_segments(&jpeg), Ok(()));
-        // Bytes after the end-of-image marker (camera trailers, multi-picture files) are fine.
-        let mut trailer = jpeg.clone();
-        trailer.extend(b"trailing data");
-        assert_eq!(check_jpeg_segments(&trailer), Ok(()));
-        let message = |bytes: &[u8]| match check_jpeg_segments(bytes) {
-            Err(PreprocessError::Corrupt(m)) => m,
-            other => format!("{other:?}"),
-        };
-        assert_eq!(
-            message(&jpeg[..jpeg.len() - 2]),
-            "JPEG data ends before the end-of-image marker"
-        );
-        // A thumbnail inside an APP1 block has its own end-of-image marker, which does not count:
-        // with the main image's marker cut off, the file is still incomplete.
-        let mut with_thumbnail = jpeg[..2].to_vec();
-        let mut app1 = b"Exif\0\0".to_vec();
-        app1.extend(&jpeg);
-        with_thumbnail.extend([0xFF, 0xE1]);
-        with_thumbnail.extend(u16::try_from(app1.len() + 2).expect("small segment").to_be_bytes());
-        with_thumbnail.extend(app1);
-        with_thumbnail.extend(&jpeg[2..]);
-        assert_eq!(check_jpeg_segments(&with_thumbnail), Ok(()));
-        assert!(decode(&with_thumbnail, &DecodeLimits::default()).is_ok());
-        assert_eq!(
-            message(&with_thumbnail[..with_thumbnail.len() - 2]),
-            "JPEG data ends before the end-of-image marker"
-        );
-        assert!(
-            message(&jpeg[..30]).starts_with("JPEG data ends inside segment"),
-            "{}",
-            message(&jpeg[..30])
-        );
     }
 }
