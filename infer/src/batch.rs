@@ -1,10 +1,11 @@
 //! Running the model off the async threads. Either each request runs on a blocking thread by
-//! itself, or (micro-batching) a worker thread collects queued requests, for up to `max_wait` or
-//! `max_batch` images, and runs them as one batch: ONNX Runtime's throughput per image grows
-//! with the batch on a compute-bound network.
+//! itself, or (micro-batching) worker threads, one per session of the classifier, take turns at
+//! the queue: each collects queued requests, for up to `max_wait` or `max_batch` images, and
+//! runs them as one batch while the next worker collects the next: ONNX Runtime's throughput
+//! per image grows with the batch on a compute-bound network.
 
-use std::sync::Arc;
 use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -59,24 +60,28 @@ impl std::fmt::Debug for Job {
 }
 
 impl Engine {
-    /// With `batching` whose `max_batch > 1`, starts the batch worker thread; it stops when the
-    /// engine is dropped.
+    /// With `batching` whose `max_batch > 1`, starts one batch worker thread per session; they
+    /// stop when the engine is dropped.
     pub fn new(classifier: Arc<Classifier>, metrics: Arc<Metrics>, batching: BatchConfig) -> Self {
         // A graph with a fixed batch dimension cannot take merged requests.
         let queue = (batching.max_batch > 1 && classifier.info().fixed_batch.is_none()).then(|| {
             let (tx, rx) = mpsc::channel();
-            let worker_classifier = Arc::clone(&classifier);
-            let worker_metrics = Arc::clone(&metrics);
-            let spawned = std::thread::Builder::new()
-                .name("infer-batch".into())
-                .spawn(move || worker(&worker_classifier, &worker_metrics, &rx, batching));
-            match spawned {
-                Ok(_) => Some(tx),
-                Err(e) => {
-                    tracing::warn!("could not start the batch worker ({e}); running requests one by one");
-                    None
+            let rx = Arc::new(Mutex::new(rx));
+            let mut started = 0;
+            for n in 0..classifier.sessions() {
+                let (classifier, metrics, rx) = (Arc::clone(&classifier), Arc::clone(&metrics), Arc::clone(&rx));
+                let spawned = std::thread::Builder::new()
+                    .name(format!("infer-batch-{n}"))
+                    .spawn(move || worker(&classifier, &metrics, &rx, batching));
+                match spawned {
+                    Ok(_) => started += 1,
+                    Err(e) => tracing::warn!("could not start batch worker {n} ({e})"),
                 }
             }
+            if started == 0 {
+                tracing::warn!("no batch worker started; running requests one by one");
+            }
+            (started > 0).then_some(tx)
         });
         Self {
             classifier,
@@ -133,29 +138,37 @@ fn run_direct(
     classifier.run(input, images)
 }
 
-fn worker(classifier: &Classifier, metrics: &Metrics, rx: &mpsc::Receiver<Job>, config: BatchConfig) {
-    while let Ok(first) = rx.recv() {
-        let deadline = Instant::now() + config.max_wait;
-        let mut total = first.images;
-        let mut jobs = vec![first];
-        while total < config.max_batch {
-            let next = match rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        None
-                    } else {
-                        // Timed out or disconnected: run what we have.
-                        rx.recv_timeout(left).ok()
-                    }
+/// The next batch from the queue; `None` once the engine is gone (or another worker panicked
+/// while holding the queue).
+fn collect(queue: &Mutex<mpsc::Receiver<Job>>, config: BatchConfig) -> Option<(Vec<Job>, usize)> {
+    let rx = queue.lock().ok()?;
+    let first = rx.recv().ok()?;
+    let deadline = Instant::now() + config.max_wait;
+    let mut total = first.images;
+    let mut jobs = vec![first];
+    while total < config.max_batch {
+        let next = match rx.try_recv() {
+            Ok(job) => Some(job),
+            Err(TryRecvError::Disconnected) => None,
+            Err(TryRecvError::Empty) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    None
+                } else {
+                    // Timed out or disconnected: run what we have.
+                    rx.recv_timeout(left).ok()
                 }
-            };
-            let Some(job) = next else { break };
-            total += job.images;
-            jobs.push(job);
-        }
+            }
+        };
+        let Some(job) = next else { break };
+        total += job.images;
+        jobs.push(job);
+    }
+    Some((jobs, total))
+}
+
+fn worker(classifier: &Classifier, metrics: &Metrics, queue: &Mutex<mpsc::Receiver<Job>>, config: BatchConfig) {
+    while let Some((mut jobs, total)) = collect(queue, config) {
         let mut input = Vec::with_capacity(total * classifier.info().image_len());
         for job in &mut jobs {
             input.append(&mut job.input);
@@ -177,5 +190,64 @@ fn worker(classifier: &Classifier, metrics: &Metrics, rx: &mpsc::Receiver<Job>, 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LoadOptions, Overrides};
+    use crate::testing::TinyModel;
+
+    /// Every request gets its own image's logits back, whichever worker and session ran it.
+    #[test]
+    fn workers_on_several_sessions_answer_every_request_with_its_own_logits() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let bytes = TinyModel::rgb(2).build();
+        let options = LoadOptions {
+            sessions: 2,
+            ..LoadOptions::uncached(1)
+        };
+        let classifier = Arc::new(Classifier::load_with_options(
+            bytes,
+            None,
+            "tiny",
+            "tiny.onnx",
+            &Overrides::default(),
+            &options,
+        )?);
+        assert_eq!(classifier.sessions(), 2);
+        let len = classifier.info().image_len();
+        let image = move |i: usize| {
+            (0..len)
+                .map(|k| ((i * 7 + k) % 11) as f32 / 5.0 - 1.0)
+                .collect::<Vec<f32>>()
+        };
+        let engine = Arc::new(Engine::new(
+            Arc::clone(&classifier),
+            Arc::new(Metrics::default()),
+            BatchConfig {
+                max_batch: 4,
+                max_wait: Duration::from_millis(2),
+            },
+        ));
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build()?;
+        let answers = runtime.block_on(async {
+            let tasks: Vec<_> = (0..40)
+                .map(|i| {
+                    let (engine, input) = (Arc::clone(&engine), image(i));
+                    tokio::spawn(async move { engine.infer(input, 1).await })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for task in tasks {
+                answers.push(task.await);
+            }
+            answers
+        });
+        for (i, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer??, classifier.run(image(i), 1)?, "request {i}");
+        }
+        Ok(())
     }
 }

@@ -61,7 +61,11 @@ struct ModelArgs {
     /// Input size `HxW` (or one number for a square).
     #[arg(long, env = "INFER_SIZE", value_parser = parse_size)]
     size: Option<(u32, u32)>,
-    /// ONNX Runtime intra-op threads (default: the CPUs available).
+    /// ONNX Runtime sessions that run batches at once, each with `--threads` threads.
+    #[arg(long, env = "INFER_SESSIONS", default_value_t = 1)]
+    sessions: usize,
+    /// ONNX Runtime intra-op threads of each session (default: the CPUs available, divided
+    /// among the sessions).
     #[arg(long, env = "INFER_THREADS")]
     threads: Option<usize>,
     // Spinning makes model runs faster but takes CPU that decoding needs: `false` pays for
@@ -204,8 +208,10 @@ impl ModelArgs {
             (None, false) if infer::host::on_lambda() => None,
             (None, false) => GraphCache::default_dir(),
         };
+        let sessions = self.sessions.max(1);
         LoadOptions {
-            threads: self.threads.unwrap_or_else(default_threads),
+            sessions,
+            threads: self.threads.unwrap_or_else(|| (default_threads() / sessions).max(1)),
             spinning: self.intra_op_spinning,
             cache: dir.map(GraphCache::new),
         }

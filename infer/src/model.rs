@@ -1,8 +1,9 @@
-//! The classifier: one ONNX Runtime session shared by every request, with what it needs to be
+//! The classifier: ONNX Runtime sessions shared by every request, with what it needs to be
 //! served correctly (class names, input size, normalisation) read from the ONNX metadata
 //! contract or, for a foreign ONNX classifier, supplied by flags.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use onnx::{ChannelOrder, Layout, MetadataError, ModelMetadata};
 use ort::session::Session;
@@ -81,11 +82,14 @@ pub enum ModelError {
     BadCacheEntry { entry: String, reason: String },
 }
 
-/// A loaded classifier. `Session::run` takes `&mut`, so the session sits behind a mutex; callers
-/// run it on blocking threads (or through the [`crate::batch`] worker).
+/// A loaded classifier: one or more ONNX Runtime sessions of the same graph, each behind a mutex
+/// (`Session::run` takes `&mut`), so that as many runs as sessions go at once. Callers run it on
+/// blocking threads (or through the [`crate::batch`] workers, one per session).
 #[derive(Debug)]
 pub struct Classifier {
-    session: Mutex<Session>,
+    sessions: Vec<Mutex<Session>>,
+    /// Where the next run starts looking for a free session.
+    next: AtomicUsize,
     info: ModelInfo,
     cache: CacheOutcome,
 }
@@ -93,7 +97,10 @@ pub struct Classifier {
 /// How start-up builds the session.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// ONNX Runtime intra-op threads.
+    /// Sessions that run at once. On a small CPU, one single-threaded session per core serves
+    /// more images per second than one session spread over the cores (infer/BENCHMARKS.md).
+    pub sessions: usize,
+    /// ONNX Runtime intra-op threads of each session.
     pub threads: usize,
     /// Whether those threads spin between parallel sections instead of sleeping (ONNX Runtime's
     /// default): faster model runs, but the spinning takes CPU from image decoding.
@@ -103,9 +110,10 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// `threads` spinning intra-op threads, no graph cache.
+    /// One session of `threads` spinning intra-op threads, no graph cache.
     pub fn uncached(threads: usize) -> Self {
         Self {
+            sessions: 1,
             threads,
             spinning: true,
             cache: None,
@@ -151,8 +159,8 @@ impl Classifier {
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
         let sha256 = sha256.unwrap_or_else(|| onnx::checksum::sha256_hex(&bytes));
-        let (session, cache) = build_session(bytes, &sha256, source, options)?;
-        Self::from_session(session, cache, sha256, name, source, overrides)
+        let (sessions, cache) = build_sessions(bytes, &sha256, source, options)?;
+        Self::from_sessions(sessions, cache, sha256, name, source, overrides)
     }
 
     /// Loads the cached optimised graph `entry` of the model whose sha256 is `sha256` (found by
@@ -166,12 +174,16 @@ impl Classifier {
         overrides: &Overrides,
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        let session = load_entry(entry, source, options)?;
-        Self::from_session(session, CacheOutcome::Hit, sha256, name, source, overrides)
+        let sessions = (0..options.sessions.max(1))
+            .map(|_| load_entry(entry, source, options))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_sessions(sessions, CacheOutcome::Hit, sha256, name, source, overrides)
     }
 
-    fn from_session(
-        session: Session,
+    /// Checks the graph (the sessions are of one graph: the first speaks for all), warms every
+    /// session up.
+    fn from_sessions(
+        sessions: Vec<Session>,
         cache: CacheOutcome,
         sha256: String,
         name: &str,
@@ -183,6 +195,9 @@ impl Classifier {
             model: source.to_owned(),
             reason,
         };
+        let session = sessions
+            .first()
+            .ok_or_else(|| incompatible("no session was built".into()))?;
 
         let metadata = match session.metadata() {
             Ok(meta) => match ModelMetadata::from_props(|key| meta.custom(key)) {
@@ -322,20 +337,29 @@ impl Classifier {
             metadata,
         };
         let classifier = Self {
-            session: Mutex::new(session),
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            next: AtomicUsize::new(0),
             info,
             cache,
         };
         // Warm-up: the first run allocates and plans; it also proves the graph produces [1, C].
-        let zeros = vec![0.0; classifier.info.image_len() * classifier.info.fixed_batch.unwrap_or(1)];
-        classifier
-            .run(zeros, classifier.info.fixed_batch.unwrap_or(1))
-            .map_err(|e| incompatible(format!("warm-up inference failed: {e}")))?;
+        // Runs one after another start at the next session, so each is warmed once.
+        let batch = classifier.info.fixed_batch.unwrap_or(1);
+        for _ in 0..classifier.sessions.len() {
+            classifier
+                .run(vec![0.0; classifier.info.image_len() * batch], batch)
+                .map_err(|e| incompatible(format!("warm-up inference failed: {e}")))?;
+        }
         Ok(classifier)
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// How many runs can go at once.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
     }
 
     /// Whether start-up optimised the graph or loaded it from the cache.
@@ -366,10 +390,16 @@ impl Classifier {
         }
         let shape = [n, 3, info.input_height as usize, info.input_width as usize];
         let tensor = Tensor::from_array((shape, input)).map_err(|e| ModelError::Inference(e.to_string()))?;
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| ModelError::Inference("the session lock was poisoned".into()))?;
+        // A free session if there is one, else wait for the one this run's turn points at.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.sessions.len();
+        let free = (0..count).find_map(|k| self.sessions[(start + k) % count].try_lock().ok());
+        let mut session = match free {
+            Some(session) => session,
+            None => self.sessions[start % count]
+                .lock()
+                .map_err(|_| ModelError::Inference("the session lock was poisoned".into()))?,
+        };
         let outputs = session
             .run(ort::inputs![info.input_name.as_str() => tensor])
             .map_err(|e| ModelError::Inference(e.to_string()))?;
@@ -425,19 +455,30 @@ fn load_entry(entry: &std::path::Path, source: &str, options: &LoadOptions) -> R
         })
 }
 
-/// The session for `bytes`, from the cached optimised graph when there is a good one.
-fn build_session(
+/// `options.sessions` sessions for `bytes`, from the cached optimised graph when there is a good
+/// one; a graph optimised now is stored first, and the other sessions load it.
+fn build_sessions(
     bytes: Vec<u8>,
     sha256: &str,
     source: &str,
     options: &LoadOptions,
-) -> Result<(Session, CacheOutcome), ModelError> {
+) -> Result<(Vec<Session>, CacheOutcome), ModelError> {
+    let count = options.sessions.max(1);
     let optimise = |mut builder: SessionBuilder, bytes: &[u8]| {
         builder.commit_from_memory(bytes).map_err(|e| load_error(source, e))
     };
+    let optimise_all = |bytes: &[u8], count: usize| {
+        (0..count)
+            .map(|_| optimise(session_builder(source, options, GraphOptimizationLevel::Level3)?, bytes))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let load_all = |entry: &std::path::Path, count: usize| {
+        (0..count)
+            .map(|_| load_entry(entry, source, options))
+            .collect::<Result<Vec<_>, _>>()
+    };
     let Some(cache) = &options.cache else {
-        let builder = session_builder(source, options, GraphOptimizationLevel::Level3)?;
-        return Ok((optimise(builder, &bytes)?, CacheOutcome::Off));
+        return Ok((optimise_all(&bytes, count)?, CacheOutcome::Off));
     };
     // Touching the runtime first also makes its build string available for the key.
     runtime::environment()?;
@@ -445,14 +486,16 @@ fn build_session(
     if GraphCache::graph(&entry).is_file() {
         // Freed first: ONNX Runtime's parse of the entry is the peak of a cached start.
         drop(bytes);
-        return Ok((load_entry(&entry, source, options)?, CacheOutcome::Hit));
+        return Ok((load_all(&entry, count)?, CacheOutcome::Hit));
     }
     let builder = session_builder(source, options, GraphOptimizationLevel::Level3)?;
     let tmp = match cache.temporary(&entry) {
         Ok(tmp) => tmp,
         Err(e) => {
             tracing::warn!(dir = %cache.dir().display(), "graph cache not writable ({e}); optimising in memory (set --cache-dir / INFER_CACHE_DIR, or --no-cache)");
-            return Ok((optimise(builder, &bytes)?, CacheOutcome::Unwritable));
+            let mut sessions = vec![optimise(builder, &bytes)?];
+            sessions.extend(optimise_all(&bytes, count - 1)?);
+            return Ok((sessions, CacheOutcome::Unwritable));
         }
     };
     // Weights of 1 KiB and more go to their own file, which a later start maps into memory.
@@ -481,12 +524,15 @@ fn build_session(
             false
         }
     };
-    let session = session?;
+    let mut sessions = vec![session?];
     if stored {
-        Ok((session, CacheOutcome::Stored))
+        drop(bytes);
+        sessions.extend(load_all(&entry, count - 1)?);
+        Ok((sessions, CacheOutcome::Stored))
     } else {
         tracing::warn!(entry = %entry.display(), "could not store the optimised graph");
-        Ok((session, CacheOutcome::Unwritable))
+        sessions.extend(optimise_all(&bytes, count - 1)?);
+        Ok((sessions, CacheOutcome::Unwritable))
     }
 }
 
@@ -541,6 +587,36 @@ mod tests {
             (served.info().channel_order, served.info().layout),
             (ChannelOrder::Rgb, Layout::Nchw)
         );
+        Ok(())
+    }
+
+    /// With one session busy, a run goes to another instead of waiting for it.
+    #[test]
+    fn a_run_takes_a_free_session_while_another_is_busy() -> Result<(), Box<dyn std::error::Error>> {
+        let bytes = TinyModel::rgb(4).build();
+        let options = LoadOptions {
+            sessions: 2,
+            ..LoadOptions::uncached(1)
+        };
+        let two = Classifier::load_with_options(
+            bytes.clone(),
+            None,
+            "tiny",
+            "tiny.onnx",
+            &Overrides::default(),
+            &options,
+        )?;
+        let one = Classifier::load(&bytes, "tiny", "tiny.onnx", &Overrides::default(), 1)?;
+        assert_eq!((two.sessions(), one.sessions()), (2, 1));
+        let input: Vec<f32> = (0..two.info().image_len()).map(|k| k as f32 / 24.0).collect();
+        for busy in 0..2 {
+            let _held = two.sessions[busy].lock().map_err(|_| "poisoned")?;
+            assert_eq!(
+                two.run(input.clone(), 1)?,
+                one.run(input.clone(), 1)?,
+                "session {busy} held"
+            );
+        }
         Ok(())
     }
 }

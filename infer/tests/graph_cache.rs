@@ -19,9 +19,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn cached(dir: &Path) -> LoadOptions {
     LoadOptions {
-        threads: 1,
-        spinning: true,
         cache: Some(GraphCache::new(dir)),
+        ..LoadOptions::uncached(1)
     }
 }
 
