@@ -66,7 +66,10 @@ fn views(bytes: &[u8], norm: &Normalisation) -> Result<Views> {
 fn difference(a: &RgbImage, b: &RgbImage) -> (u8, f64) {
     let diffs: Vec<u8> = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).collect();
     let sum: u64 = diffs.iter().map(|&d| u64::from(d)).sum();
-    (diffs.iter().copied().max().unwrap_or(0), sum as f64 / diffs.len().max(1) as f64)
+    (
+        diffs.iter().copied().max().unwrap_or(0),
+        sum as f64 / diffs.len().max(1) as f64,
+    )
 }
 
 fn jpeg(image: &DynamicImage) -> Result<Vec<u8>> {
@@ -117,7 +120,8 @@ fn photo_table(photos: &[PathBuf], norm: &Normalisation) -> Result<()> {
             let (max, mean) = difference(&v.served, &v.full);
             println!(
                 "| {} | {}x{} | {} | {served:.2} | {full:.2} | {:.2} | {max} | {mean:.3} |",
-                path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                path.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
                 image.width() * factor,
                 image.height() * factor,
                 bytes.len(),
@@ -166,7 +170,10 @@ fn agreement(classifier: &Classifier, norm: &Normalisation, files: &[PathBuf]) -
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().map_err(|_| anyhow::anyhow!("a preprocessing thread panicked"))?)
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("a preprocessing thread panicked"))?
+                })
                 .collect::<Result<Vec<_>>>()
         })?;
         let prepared: Vec<(Views, Views)> = prepared.into_iter().flatten().collect();
@@ -178,7 +185,13 @@ fn agreement(classifier: &Classifier, norm: &Normalisation, files: &[PathBuf]) -
             |p: &(Views, Views)| p.1.full_input.clone(),
         ] {
             let input: Vec<f32> = prepared.iter().flat_map(pick).collect();
-            labels.push(classifier.run(input, prepared.len())?.iter().map(|l| argmax(l)).collect::<Vec<_>>());
+            labels.push(
+                classifier
+                    .run(input, prepared.len())?
+                    .iter()
+                    .map(|l| argmax(l))
+                    .collect::<Vec<_>>(),
+            );
         }
         for (i, (_, enlarged)) in prepared.iter().enumerate() {
             let (max_diff, mean_diff) = difference(&enlarged.served, &enlarged.full);
@@ -223,6 +236,9 @@ fn argmax(logits: &[f32]) -> usize {
     logits
         .iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+        )
         .0
 }
