@@ -21,8 +21,9 @@ import time
 import numpy as np
 import onnxruntime as ort
 import uvicorn
-from fastapi import FastAPI, Request, UploadFile
 from PIL import Image
+
+from fastapi_app import build_app
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MEAN = [0.4914, 0.4822, 0.4465]
@@ -43,8 +44,8 @@ def contract(session):
     return height, width, mean, std, classes
 
 
-def build_app(session):
-    app = FastAPI()
+def make_app(session):
+    """The app, answering with `session`."""
     height, width, mean, std, classes = contract(session)
     input_name = session.get_inputs()[0].name
 
@@ -64,21 +65,7 @@ def build_app(session):
             "timing_ms": (time.perf_counter() - start) * 1e3,
         }
 
-    @app.post("/predict")
-    async def predict(request: Request):
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            form = await request.form()
-            upload: UploadFile = form["file"]
-            data = await upload.read()
-        else:
-            data = await request.body()
-        return classify(data)
-
-    @app.get("/healthz")
-    def healthz():
-        return {"status": "ok"}
-
-    return app
+    return build_app(classify)
 
 
 def main():
@@ -87,7 +74,7 @@ def main():
     parser.add_argument("--port", type=int, default=8090)
     args = parser.parse_args()
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
-    app = build_app(session)
+    app = make_app(session)
     shape = [1, 3, *contract(session)[:2]]
     session.run(None, {session.get_inputs()[0].name: np.zeros(shape, np.float32)})
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

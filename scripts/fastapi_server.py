@@ -13,12 +13,12 @@ import time
 
 import torch
 import uvicorn
-from fastapi import FastAPI, Request, UploadFile
 
+from fastapi_app import build_app
 from torch_resnet import CLASSES, ResNet18, preprocess
 
-def build_app(model):
-    app = FastAPI()
+def make_app(model):
+    """The app, answering with `model`."""
 
     def classify(data: bytes):
         start = time.perf_counter()
@@ -34,21 +34,7 @@ def build_app(model):
             "timing_ms": (time.perf_counter() - start) * 1e3,
         }
 
-    @app.post("/predict")
-    async def predict(request: Request):
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            form = await request.form()
-            upload: UploadFile = form["file"]
-            data = await upload.read()
-        else:
-            data = await request.body()
-        return classify(data)
-
-    @app.get("/healthz")
-    def healthz():
-        return {"status": "ok"}
-
-    return app
+    return build_app(classify)
 
 
 def main():
@@ -65,7 +51,7 @@ def main():
         model.load_state_dict(torch.load(args.weights, map_location="cpu"))
     with torch.inference_mode():
         model(torch.zeros(1, 3, 32, 32))
-    uvicorn.run(build_app(model), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(make_app(model), host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,17 @@ def predictions_reply(probabilities, started):
     return reply(200, {"predictions": [prediction], "timing": {"total_ms": (time.perf_counter() - started) * 1e3}})
 
 
+def handle(event, preprocess, probabilities):
+    """One event: its image through `preprocess` (a 400 if it does not decode) and
+    `probabilities`, answered with the top-5."""
+    started = time.perf_counter()
+    try:
+        x = preprocess(event_body(event))
+    except Exception as e:  # Pillow raises many types for bad input
+        return reply(400, {"error": f"not a decodable image: {e}"})
+    return predictions_reply(probabilities(x), started)
+
+
 def log_init(**fields):
     """One JSON line on stderr that scripts/lambda_bench.py reads (INIT components)."""
     print("lambda-bench-init " + json.dumps(fields), file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lambda_handler_common import event_body, log_init, predictions_reply, reply  # noqa: E402
+from lambda_handler_common import handle, log_init  # noqa: E402
 
 _imported = time.perf_counter()
 
@@ -56,12 +56,11 @@ def preprocess(data):
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
-def handler(event, context):
-    started = time.perf_counter()
-    try:
-        x = preprocess(event_body(event))
-    except Exception as e:  # Pillow raises many types for bad input
-        return reply(400, {"error": f"not a decodable image: {e}"})
+def probabilities(x):
     logits = SESSION.run(None, {INPUT: x})[0][0]
     exp = np.exp(logits - logits.max())
-    return predictions_reply((exp / exp.sum()).tolist(), started)
+    return (exp / exp.sum()).tolist()
+
+
+def handler(event, context):
+    return handle(event, preprocess, probabilities)

@@ -20,7 +20,7 @@ import os  # noqa: E402
 
 import torch  # noqa: E402
 
-from lambda_handler_common import event_body, log_init, predictions_reply, reply  # noqa: E402
+from lambda_handler_common import handle, log_init  # noqa: E402
 from torch_resnet import ResNet18, preprocess  # noqa: E402
 
 _imported = time.perf_counter()
@@ -42,12 +42,10 @@ log_init(
 )
 
 
-def handler(event, context):
-    started = time.perf_counter()
-    try:
-        x = preprocess(event_body(event))
-    except Exception as e:  # Pillow raises many types for bad input
-        return reply(400, {"error": f"not a decodable image: {e}"})
+def probabilities(x):
     with torch.inference_mode():
-        probabilities = torch.softmax(MODEL(x), dim=1)[0]
-    return predictions_reply(probabilities.tolist(), started)
+        return torch.softmax(MODEL(x), dim=1)[0].tolist()
+
+
+def handler(event, context):
+    return handle(event, preprocess, probabilities)

@@ -20,6 +20,7 @@ use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
 use infer::model::{Classifier, Overrides, default_threads};
 use infer::preprocess::{DecodeLimits, Normalisation, decode, model_view, normalise_into, preprocess_seen, to_rgb};
+use infer::scores::top_k;
 
 /// CIFAR images are enlarged to this side: 1/4 of it still has 8 pixels per model pixel.
 const ENLARGED: u32 = 1024;
@@ -189,7 +190,7 @@ fn agreement(classifier: &Classifier, norm: &Normalisation, files: &[PathBuf]) -
                 classifier
                     .run(input, prepared.len())?
                     .iter()
-                    .map(|l| argmax(l))
+                    .map(|l| top1(l))
                     .collect::<Vec<_>>(),
             );
         }
@@ -223,6 +224,10 @@ fn agreement(classifier: &Classifier, norm: &Normalisation, files: &[PathBuf]) -
     Ok(())
 }
 
+fn top1(logits: &[f32]) -> usize {
+    top_k(logits, &[], 1).first().map_or(0, |best| best.class_id)
+}
+
 fn prepare(path: &Path, norm: &Normalisation) -> Result<(Views, Views)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let original = views(&bytes, norm).with_context(|| path.display().to_string())?;
@@ -230,15 +235,4 @@ fn prepare(path: &Path, norm: &Normalisation) -> Result<(Views, Views)> {
     let enlarged = jpeg(&image.resize_exact(ENLARGED, ENLARGED, FilterType::CatmullRom))?;
     let enlarged = views(&enlarged, norm).with_context(|| format!("{} enlarged", path.display()))?;
     Ok((original, enlarged))
-}
-
-fn argmax(logits: &[f32]) -> usize {
-    logits
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |best, (i, &v)| if v > best.1 { (i, v) } else { best },
-        )
-        .0
 }
