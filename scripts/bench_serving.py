@@ -5,8 +5,9 @@ the load), then loads `infer serve`, FastAPI + onnxruntime (scripts/fastapi_ort_
 .onnx file) and FastAPI + PyTorch (scripts/fastapi_server.py) with `hey`, and prints the results
 and the issue's targets computed from the same run. Dev-only; standard library only.
 
-    python3 scripts/bench_serving.py                                   # the full run, ~6 minutes
+    python3 scripts/bench_serving.py                                   # the full run, ~9 minutes
     python3 scripts/bench_serving.py --duration 1s --concurrency 8    # a smoke run
+    python3 scripts/bench_serving.py --variant 'infer 2 sessions=--sessions 2'   # infer both ways
     python3 scripts/bench_serving.py --servers infer --label 'infer spin off' \\
         --infer-arg=--intra-op-spinning=false --compare-bin /tmp/infer-old
 
@@ -22,8 +23,11 @@ road-640x480.jpg (--road resized, JPEG quality 90) and resnet18-w64.onnx (make_r
 models/resnet18-cifar10.onnx.
 
 Each server is started alone, waited for on /healthz, warmed up for --warmup per image, then
-loaded for --duration at each concurrency. Peak RSS is VmHWM of the server process (uvicorn's,
-for the Python peers). Each infer binary is started and stopped once per model beforehand, so
+loaded for --duration at each concurrency; CPU per request is the server's user + system time
+(and hey's) over the point divided by the answered requests, and `GET /healthz` at c=8 gives
+what HTTP alone costs both. ONNX Runtime alone is measured both ways (one session over every
+CPU, one single-threaded session per CPU); the ceiling is the best of either. Peak RSS is VmHWM
+of the server process (uvicorn's, for the Python peers). Each infer binary is started and stopped once per model beforehand, so
 that its graph cache exists and its peak RSS is a cached start's, as in production. Output: the
 markdown on stdout and in --out (default WORK_DIR/serving.md), raw numbers in the same path
 with .json.
