@@ -6,10 +6,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use aws_sdk_s3::error::DisplayErrorContext;
 use serde::Deserialize;
 
-use super::store::{Location, StoreError, io_err, read_s3};
+use super::store::{Location, StoreError, io_err, read_s3, s3_err};
 use super::{ItemError, Record};
 
 /// Only the key is needed to resume.
@@ -154,11 +153,7 @@ impl Output {
                         .body(body)
                         .send()
                         .await
-                        .map_err(|e| StoreError::S3 {
-                            what: "writing",
-                            uri: format!("s3://{bucket}/{key}"),
-                            reason: DisplayErrorContext(&e).to_string(),
-                        })?;
+                        .map_err(s3_err("writing", format!("s3://{bucket}/{key}")))?;
                     Ok(())
                 }
                 .await;

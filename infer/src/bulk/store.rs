@@ -71,6 +71,16 @@ pub enum StoreError {
     },
 }
 
+/// An S3 call's failure with the SDK's whole error chain (its `Display` alone says only "service
+/// error").
+pub(super) fn s3_err<E: std::error::Error>(what: &'static str, uri: String) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::S3 {
+        what,
+        uri,
+        reason: DisplayErrorContext(&e).to_string(),
+    }
+}
+
 pub(super) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + use<> {
     let path = path.to_owned();
     move |source| StoreError::Io { what, path, source }
@@ -126,11 +136,7 @@ impl Objects {
                         .set_continuation_token(token)
                         .send()
                         .await
-                        .map_err(|e| StoreError::S3 {
-                            what: "listing",
-                            uri: format!("s3://{bucket}/{prefix}"),
-                            reason: DisplayErrorContext(&e).to_string(),
-                        })?;
+                        .map_err(s3_err("listing", format!("s3://{bucket}/{prefix}")))?;
                     for object in page.contents() {
                         let Some(key) = object.key() else { continue };
                         if key.ends_with('/') || Some(key) == skip_key {
