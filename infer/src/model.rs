@@ -174,9 +174,7 @@ impl Classifier {
         overrides: &Overrides,
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        let sessions = (0..options.sessions.max(1))
-            .map(|_| load_entry(entry, source, options))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sessions = load_entries(entry, options.sessions.max(1), source, options)?;
         Self::from_sessions(sessions, CacheOutcome::Hit, sha256, name, source, overrides)
     }
 
@@ -455,6 +453,16 @@ fn load_entry(entry: &std::path::Path, source: &str, options: &LoadOptions) -> R
         })
 }
 
+/// `count` sessions of the cached optimised graph `entry`.
+fn load_entries(
+    entry: &std::path::Path,
+    count: usize,
+    source: &str,
+    options: &LoadOptions,
+) -> Result<Vec<Session>, ModelError> {
+    (0..count).map(|_| load_entry(entry, source, options)).collect()
+}
+
 /// `options.sessions` sessions for `bytes`, from the cached optimised graph when there is a good
 /// one; a graph optimised now is stored first, and the other sessions load it.
 fn build_sessions(
@@ -472,11 +480,6 @@ fn build_sessions(
             .map(|_| optimise(session_builder(source, options, GraphOptimizationLevel::Level3)?, bytes))
             .collect::<Result<Vec<_>, _>>()
     };
-    let load_all = |entry: &std::path::Path, count: usize| {
-        (0..count)
-            .map(|_| load_entry(entry, source, options))
-            .collect::<Result<Vec<_>, _>>()
-    };
     let Some(cache) = &options.cache else {
         return Ok((optimise_all(&bytes, count)?, CacheOutcome::Off));
     };
@@ -486,18 +489,16 @@ fn build_sessions(
     if GraphCache::graph(&entry).is_file() {
         // Freed first: ONNX Runtime's parse of the entry is the peak of a cached start.
         drop(bytes);
-        return Ok((load_all(&entry, count)?, CacheOutcome::Hit));
+        return Ok((load_entries(&entry, count, source, options)?, CacheOutcome::Hit));
     }
-    let builder = session_builder(source, options, GraphOptimizationLevel::Level3)?;
     let tmp = match cache.temporary(&entry) {
         Ok(tmp) => tmp,
         Err(e) => {
             tracing::warn!(dir = %cache.dir().display(), "graph cache not writable ({e}); optimising in memory (set --cache-dir / INFER_CACHE_DIR, or --no-cache)");
-            let mut sessions = vec![optimise(builder, &bytes)?];
-            sessions.extend(optimise_all(&bytes, count - 1)?);
-            return Ok((sessions, CacheOutcome::Unwritable));
+            return Ok((optimise_all(&bytes, count)?, CacheOutcome::Unwritable));
         }
     };
+    let builder = session_builder(source, options, GraphOptimizationLevel::Level3)?;
     // Weights of 1 KiB and more go to their own file, which a later start maps into memory.
     let configure = |builder: SessionBuilder| -> Result<SessionBuilder, ModelError> {
         let err = |e: ort::Error<SessionBuilder>| load_error(source, e);
@@ -527,7 +528,7 @@ fn build_sessions(
     let mut sessions = vec![session?];
     if stored {
         drop(bytes);
-        sessions.extend(load_all(&entry, count - 1)?);
+        sessions.extend(load_entries(&entry, count - 1, source, options)?);
         Ok((sessions, CacheOutcome::Stored))
     } else {
         tracing::warn!(entry = %entry.display(), "could not store the optimised graph");
