@@ -62,11 +62,10 @@ pub(super) fn decode(
             let len = decoder
                 .output_buffer_size()
                 .filter(|len| *len as u64 == u64::from(width) * u64::from(height) * 3)
-                .ok_or_else(|| PreprocessError::Corrupt("the JPEG decoder's output does not match its size".into()))?;
+                .ok_or_else(size_mismatch)?;
             let mut pixels = vec![0; len];
             decoder.decode_into(&mut pixels).map_err(zune_error)?;
-            RgbImage::from_raw(width, height, pixels)
-                .ok_or_else(|| PreprocessError::Corrupt("the JPEG decoder's output does not match its size".into()))?
+            RgbImage::from_raw(width, height, pixels).ok_or_else(size_mismatch)?
         }
     };
     let mut image = DynamicImage::ImageRgb8(rgb);
@@ -115,7 +114,12 @@ fn decode_reduced(bytes: &[u8], size: (u32, u32)) -> Result<Option<RgbImage>, Pr
     };
     RgbImage::from_raw(width, height, pixels)
         .map(Some)
-        .ok_or_else(|| PreprocessError::Corrupt("the JPEG decoder's output does not match its size".into()))
+        .ok_or_else(size_mismatch)
+}
+
+/// A decoder whose output is not the size its header says: its bug, or a file it misread.
+fn size_mismatch() -> PreprocessError {
+    PreprocessError::Corrupt("the JPEG decoder's output does not match its size".into())
 }
 
 fn reduced_error(err: jpeg_decoder::Error) -> PreprocessError {
