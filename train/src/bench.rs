@@ -154,7 +154,8 @@ mod tests {
             };
             let report = bench(&opts, Device::Cpu)?;
             assert!(report.images_per_second > 0.0 && report.images_per_second.is_finite());
-            assert!(report.step_ms_min <= report.step_ms_median && report.step_ms_median <= report.step_ms_max);
+            // The layout that ran is reported, not the one asked for: width 8 keeps it.
+            assert_eq!(report.options.channels_last, channels_last);
             assert!(report.to_string().contains("images/s"));
         }
         Ok(())

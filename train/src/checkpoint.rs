@@ -4,24 +4,29 @@
 //!
 //! The file is libtorch's named-tensor archive (`Tensor::save_multi`): weights under their
 //! `VarStore` names (see [`crate::model`]), momentum buffers under `__momentum__.<name>`, and the
-//! header as UTF-8 JSON in a `u8` tensor named `__meta__`. It is written atomically: a temporary
-//! file in the same directory, fsync, rename over the target, fsync of the directory, so a kill
-//! at any moment leaves either the previous checkpoint or the new one, never a torn file.
+//! header as UTF-8 JSON in a `u8` tensor named `__meta__`. It is written atomically
+//! ([`crate::atomic_file`]: a temporary file of one fixed name beside it, fsync, rename, fsync of
+//! the directory), so a kill at any moment leaves either the previous checkpoint or the new one,
+//! never a torn file.
+//!
+//! A mixed-precision run's loss scaler ([`crate::scaler`]) is in the header too.
 //!
 //! The RNG state is the run's seed and the number of finished epochs: training reseeds libtorch's
 //! generator from `(seed, epoch)` at the start of every epoch (see [`epoch_seed`]), so resuming
 //! from the header replays the same shuffles and augmentations as an uninterrupted run.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Kind, TchError, Tensor};
 
+use crate::atomic_file::ReplaceError;
 use crate::model::{ModelError, ResNet18, ResNetConfig};
+use crate::scaler::ScalerState;
 
 /// Name of the tensor holding the JSON header.
 pub const META_TENSOR: &str = "__meta__";
@@ -75,6 +80,8 @@ pub struct TrainingState {
     pub seed: u64,
     /// The run's options as JSON (schedule, batch size...), so a resume can refuse a changed run.
     pub options: serde_json::Value,
+    /// The float16 loss scaler's state, when the run trains in mixed precision.
+    pub scaler: Option<ScalerState>,
 }
 
 /// The seed libtorch's generator gets at the start of `epoch` (0-based) of a run seeded `seed`.
@@ -130,6 +137,9 @@ struct Meta {
 struct TrainingMeta {
     seed: u64,
     options: serde_json::Value,
+    /// Absent in runs without mixed precision and in checkpoints of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scaler: Option<ScalerState>,
 }
 
 /// Writes a model's weights and info (no optimiser state): what the exporter and server need.
@@ -175,6 +185,7 @@ fn write(
         training: state.map(|s| TrainingMeta {
             seed: s.seed,
             options: s.options.clone(),
+            scaler: s.scaler,
         }),
     };
     let json = serde_json::to_vec(&meta).map_err(|e| CheckpointError::Io {
@@ -197,39 +208,16 @@ fn write(
     }
     named.push((META_TENSOR.to_owned(), Tensor::from_slice(&json)));
 
-    let io_err = |source| CheckpointError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io_err(io::Error::other("no file name")))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-
-    let result = (|| {
-        let mut file = File::create(&tmp).map_err(io_err)?;
-        Tensor::save_multi_to_stream(&named, &mut file).map_err(|source| CheckpointError::Write {
+    crate::atomic_file::replace(path, |file| Tensor::save_multi_to_stream(&named, file)).map_err(|e| match e {
+        ReplaceError::Io(source) => CheckpointError::Io {
             path: path.to_owned(),
             source,
-        })?;
-        file.flush().map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(io_err)?;
-        // The rename itself is durable only once the directory entry is.
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+        },
+        ReplaceError::Write(source) => CheckpointError::Write {
+            path: path.to_owned(),
+            source,
+        },
+    })
 }
 
 /// A checkpoint read into memory, not yet bound to a model.
@@ -309,6 +297,7 @@ pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
         momentum,
         seed: t.seed,
         options: t.options,
+        scaler: t.scaler,
     });
     Ok(Loaded {
         path: path.to_owned(),
@@ -465,11 +454,16 @@ mod tests {
             momentum,
             seed: 42,
             options: serde_json::json!({"lr": 0.1}),
+            scaler: Some(ScalerState {
+                scale: 2048.0,
+                growth_tracker: 1999,
+            }),
         };
         save_training(&path, &vs, &info, &state)?;
         let loaded = read(&path)?.training.ok_or("training state missing")?;
         assert_eq!(loaded.seed, 42);
         assert_eq!(loaded.options, state.options);
+        assert_eq!(loaded.scaler, state.scaler);
         assert_eq!(loaded.momentum.len(), state.momentum.len());
         for (k, v) in &state.momentum {
             assert!(loaded.momentum[k].equal(v), "{k}");

@@ -13,7 +13,7 @@ use std::time::Instant;
 use tch::{Device, Tensor};
 use tracing::{info, warn};
 
-use crate::checkpoint::{self, CheckpointError, CheckpointInfo, TrainingState, epoch_seed};
+use crate::checkpoint::{self, CheckpointError, CheckpointInfo, epoch_seed};
 use crate::data::{self, Dataset, Normalizer, batch_indices, random_crop_flip};
 use crate::eval::{Evaluation, evaluate};
 use crate::metrics::{self, EpochMetrics, MetricsError};
@@ -21,7 +21,7 @@ use crate::model::{ModelError, ResNetConfig};
 use crate::optim::LrSchedule;
 use crate::options::FitOptions;
 use crate::plots;
-use crate::trainer::{StepStats, Trainer};
+use crate::trainer::{RestoreError, StepStats, Trainer};
 
 /// File names inside a run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.pt";
@@ -160,6 +160,7 @@ pub fn fit(settings: &RunSettings, opts: &FitOptions) -> Result<FitReport, FitEr
     fs::create_dir_all(out).map_err(io_err(out))?;
     let ckpt_path = out.join(CHECKPOINT_FILE);
     let metrics_path = out.join(METRICS_FILE);
+    remove_leftovers(&[ckpt_path.as_path(), metrics_path.as_path()])?;
     let resumed = open_run(settings.resume, &ckpt_path, opts)?;
 
     let ds = load_data(&settings.data, opts)?;
@@ -269,16 +270,14 @@ pub fn fit(settings: &RunSettings, opts: &FitOptions) -> Result<FitReport, FitEr
             m.images_per_second,
             m.epoch_seconds
         );
+        warn_non_finite(&m, "");
         // Metrics first: a kill between the two leaves a line that the resume drops and redoes.
         metrics::append_metrics(&metrics_path, &m)?;
         history.push(m);
         info.epochs = epoch + 1;
         info.test_accuracy = Some(eval.accuracy);
-        let state = TrainingState {
-            momentum: trainer.opt.state(),
-            seed: opts.seed,
-            options: serde_json::to_value(opts).map_err(|e| FitError::Option(e.to_string()))?,
-        };
+        let options = serde_json::to_value(opts).map_err(|e| FitError::Option(e.to_string()))?;
+        let state = trainer.training_state(opts.seed, options)?;
         checkpoint::save_training(&ckpt_path, &trainer.vs, &info, &state)?;
         if let Err(e) = plots::training_curves(&out.join(CURVES_FILE), &history) {
             warn!("{e}");
@@ -344,30 +343,58 @@ fn open_run(resume: bool, ckpt_path: &Path, opts: &FitOptions) -> Result<Option<
     Ok(Some(loaded))
 }
 
-/// Puts a checkpoint's weights, momentum and progress into a fresh trainer, and returns the
-/// run's metrics up to that checkpoint.
+/// Puts a checkpoint's weights, momentum, loss scale and progress into a fresh trainer, and
+/// returns the run's metrics up to that checkpoint.
 fn restore(
     loaded: &checkpoint::Loaded,
     trainer: &mut Trainer,
     info: &mut CheckpointInfo,
     metrics_path: &Path,
 ) -> Result<Vec<EpochMetrics>, FitError> {
-    loaded.copy_weights_into(&trainer.vs)?;
-    let state = loaded.training.as_ref().map(|s| &s.momentum);
-    trainer
-        .opt
-        .load_state(state.unwrap_or(&Default::default()))
-        .map_err(|reason| FitError::Resume {
+    trainer.restore(loaded).map_err(|e| match e {
+        RestoreError::Checkpoint(e) => FitError::Checkpoint(e),
+        RestoreError::Momentum(reason) => FitError::Resume {
             path: loaded.path.clone(),
             reason,
-        })?;
+        },
+    })?;
     info.epochs = loaded.info.epochs;
     info.test_accuracy = loaded.info.test_accuracy;
     // Lines past the checkpoint (an epoch cut short by a kill) are dropped.
     let history = metrics::read_metrics(metrics_path, loaded.info.epochs)?;
+    for m in &history {
+        warn_non_finite(m, " (from the run so far)");
+    }
     metrics::write_metrics(metrics_path, &history)?;
     info!(epoch = loaded.info.epochs, "resuming {}", loaded.path.display());
     Ok(history)
+}
+
+/// Says which of an epoch's figures are NaN or infinite: they go into `metrics.jsonl` as the
+/// strings "NaN", "inf", "-inf" ([`crate::metrics`]), and a chart leaves them out.
+fn warn_non_finite(m: &EpochMetrics, context: &str) {
+    for (field, value) in m.non_finite() {
+        warn!(
+            // Rust writes NaN, inf and -inf as the file does.
+            "epoch {}: {field} is {value}{context}; {METRICS_FILE} records it as \"{value}\"",
+            m.epoch
+        );
+    }
+}
+
+/// Removes the temporary files that a run killed while writing its checkpoint or metrics left
+/// behind (a checkpoint's is a whole copy of the weights), saying so.
+fn remove_leftovers(files: &[&Path]) -> Result<(), FitError> {
+    for file in files {
+        for leftover in crate::atomic_file::remove_leftovers(file).map_err(io_err(file))? {
+            warn!(
+                "removed {}: left by a run stopped while writing {}",
+                leftover.display(),
+                file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn evaluate_run(

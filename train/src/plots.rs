@@ -51,8 +51,14 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), Plot
         .fold(0.1f64, f64::max)
         * 1.05;
 
-    let series =
-        |f: fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> { history.iter().map(|m| (m.epoch as f64, f(m))).collect() };
+    // A NaN or infinite figure (recorded as such in metrics.jsonl) is left out of its line.
+    let series = |f: fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
+        history
+            .iter()
+            .map(|m| (m.epoch as f64, f(m)))
+            .filter(|(_, v)| v.is_finite())
+            .collect()
+    };
     type Line<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
     let panels: [(_, &str, f64, [Line<'_>; 2]); 2] = [
         (

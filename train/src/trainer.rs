@@ -1,31 +1,26 @@
 //! One training step: a model with its optimiser, the channels-last layout, float16 loss
-//! scaling, and the per-step statistics that stay on the device until read in batches.
+//! scaling ([`crate::scaler`]), and the per-step statistics that stay on the device until read
+//! in batches.
 
 use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 use tracing::warn;
 
+use crate::checkpoint::{CheckpointError, Loaded, TrainingState};
 use crate::layout::{channels_last_supported, to_channels_last};
 use crate::model::{ModelError, ResNet18, ResNetConfig};
 use crate::optim::Sgd;
 use crate::options::FitOptions;
+use crate::scaler::{GradScaler, ScalerState};
 
-/// Dynamic loss scaling for float16 autocast: scale the loss so small gradients survive, skip
-/// steps whose gradients overflow and halve the scale; double it after 2,000 good steps.
-/// Everything stays on the device (libtorch's own AMP kernels), so no step waits for the host.
-#[derive(Debug)]
-struct GradScaler {
-    scale: Tensor,
-    growth_tracker: Tensor,
-}
-
-impl GradScaler {
-    fn new(device: Device) -> Self {
-        Self {
-            scale: Tensor::full([1], 65536.0, (Kind::Float, device)),
-            growth_tracker: Tensor::zeros([1], (Kind::Int, device)),
-        }
-    }
+/// Why a checkpoint does not fit a trainer.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The optimiser's buffers do not match the model (the message names the variable).
+    #[error("{0}")]
+    Momentum(String),
 }
 
 /// A model with its optimiser: what a training step needs, shared by `fit` and `bench`.
@@ -163,22 +158,64 @@ impl Trainer {
                 self.opt.step(grads, lr, None);
             }
             Some(scaler) => {
-                let mut grads = self.opt.gradients(&(&loss * &scaler.scale));
-                let mut found_inf = Tensor::zeros([1], (Kind::Float, self.device));
-                let inv_scale = scaler.scale.reciprocal();
-                for g in &mut grads {
-                    g.internal_amp_non_finite_check_and_unscale(&mut found_inf, &inv_scale);
-                }
+                let mut grads = self.opt.gradients(&scaler.scale_loss(&loss));
+                let found_inf = scaler.unscale(&mut grads)?;
                 self.opt.step(grads, lr, Some(&found_inf));
-                let _ = scaler
-                    .scale
-                    .internal_amp_update_scale_(&scaler.growth_tracker, &found_inf, 2.0, 0.5, 2000);
+                scaler.update(&found_inf)?;
             }
         }
         Ok(StepStats {
             loss: loss.detach(),
             correct,
         })
+    }
+
+    /// Loss scaling from `state` without autocast, on any device: what `amp` does on a GPU
+    /// minus the float16 forward pass, so the scaler's part of a run can be checked on a CPU.
+    pub fn with_loss_scaling(mut self, state: ScalerState) -> Self {
+        self.scaler = Some(GradScaler::from_state(state, self.device));
+        self
+    }
+
+    /// The loss scaler's state (`None` without mixed precision); waits for the queued steps.
+    pub fn scaler_state(&self) -> Result<Option<ScalerState>, ModelError> {
+        self.scaler.as_ref().map(GradScaler::state).transpose()
+    }
+
+    /// Everything a checkpoint needs to continue this run exactly, besides the weights.
+    pub fn training_state(&self, seed: u64, options: serde_json::Value) -> Result<TrainingState, ModelError> {
+        Ok(TrainingState {
+            momentum: self.opt.state(),
+            seed,
+            options,
+            scaler: self.scaler_state()?,
+        })
+    }
+
+    /// Puts a checkpoint's weights, momentum buffers and loss-scaler state into this trainer.
+    pub fn restore(&mut self, loaded: &Loaded) -> Result<(), RestoreError> {
+        loaded.copy_weights_into(&self.vs)?;
+        let state = loaded.training.as_ref();
+        self.opt
+            .load_state(state.map(|s| &s.momentum).unwrap_or(&Default::default()))
+            .map_err(RestoreError::Momentum)?;
+        match (&mut self.scaler, state.and_then(|s| s.scaler)) {
+            (Some(scaler), Some(saved)) => scaler.load_state(saved),
+            (Some(_), None) => warn!(
+                "{} holds no loss-scaler state (a run without mixed precision, or an earlier \
+                 version): the scale starts again from {}",
+                loaded.path.display(),
+                crate::scaler::INITIAL_SCALE
+            ),
+            (None, Some(saved)) => warn!(
+                "{}: the run trained in mixed precision (loss scale {}); this one does not, so \
+                 it leaves the loss scale unused",
+                loaded.path.display(),
+                saved.scale
+            ),
+            (None, None) => {}
+        }
+        Ok(())
     }
 }
 
