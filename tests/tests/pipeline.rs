@@ -1,8 +1,13 @@
 //! The whole pipeline on a data set the test writes: `train fit` a width-4 ResNet-18 on
 //! synthetic CIFAR-binary data whose class is its colour, export ONNX, serve it over HTTP on a
 //! loopback port, post images in every input form, and check that the served labels are the
-//! `tch` model's argmax on the same images. Then the same exported file under
-//! `cargo lambda watch`, whose reply to an API Gateway v2 event must equal the server's.
+//! `tch` model's argmax on the same images. The served probabilities of images that are not flat
+//! colours, not square and not the model's size are checked stage by stage against references
+//! written here: the server's view of each image against libtorch's antialiased bilinear resize,
+//! and its probabilities against libtorch's on that view normalised with the model's mean and
+//! std, within 1e-4: a wrong mean, std or resize in the server fails it. Then the same
+//! exported file under `cargo lambda watch`, whose reply to an API Gateway v2 event must equal
+//! the server's.
 
 use std::fs;
 use std::io::Write;
@@ -83,6 +88,246 @@ fn tch_labels(checkpoint: &Path, images: &[RgbImage]) -> Result<Vec<String>> {
     let logits = tch::no_grad(|| model.forward_checked(&xs, false))?;
     let ids = Vec::<i64>::try_from(logits.argmax(-1, false).to_kind(Kind::Int64))?;
     Ok(ids.into_iter().map(|i| info.class_names[i as usize].clone()).collect())
+}
+
+/// Largest difference allowed between the served probabilities and libtorch's: both run the same
+/// float32 network on the same pixels, in other kernels.
+const TOLERANCE: f64 = 1e-4;
+
+/// Largest difference allowed, in 8-bit levels, between the server's resize and libtorch's
+/// (float) one: rounding to 8 bits between its two passes and at the end, and its fixed-point
+/// weights, make up to one level.
+const RESIZE_LEVELS: f64 = 1.5;
+
+/// Images that a flat-colour check would pass whatever the preprocessing: gradients and noise
+/// over a class colour, non-square, larger and smaller than the model's 32x32 input.
+fn varied_images() -> Vec<RgbImage> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 58) as i32 - 32
+    };
+    let mut out = Vec::new();
+    for (i, &(w, h)) in [(48, 40), (64, 96), (20, 28), (33, 31), (32, 32), (57, 19)]
+        .iter()
+        .enumerate()
+    {
+        let base = BASE[i % 3];
+        out.push(RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (x as f32 / (w - 1) as f32, y as f32 / (h - 1) as f32);
+            let ramp = [fx, fy, 1.0 - fx * fy];
+            Rgb(std::array::from_fn(|c| {
+                let v = f32::from(base[c]) * 0.6 + 100.0 * ramp[c] + noise() as f32;
+                v.clamp(0.0, 255.0) as u8
+            }))
+        }));
+    }
+    out
+}
+
+/// How [`reference_resize`] resizes.
+#[derive(Debug, Clone, Copy)]
+enum Resize {
+    /// The filter the server documents: a triangle whose support widens with the scale when
+    /// downsizing, as Pillow's BILINEAR.
+    Antialiased,
+    /// Plain bilinear interpolation: wrong when downsizing.
+    Bilinear,
+    /// Nearest neighbour: wrong.
+    Nearest,
+}
+
+/// libtorch's resize of `img` to the model's 32x32 input, in floats on the 0-255 scale, NCHW:
+/// computed independently of the server's own implementation.
+fn reference_resize(img: &RgbImage, how: Resize) -> Tensor {
+    let pixels = rgb_tensor(img);
+    if img.dimensions() == (32, 32) {
+        return pixels;
+    }
+    match how {
+        Resize::Antialiased => pixels.internal_upsample_bilinear2d_aa([32, 32], false, None, None),
+        Resize::Bilinear => pixels.upsample_bilinear2d([32, 32], false, None, None),
+        Resize::Nearest => pixels.upsample_nearest2d([32, 32], None, None),
+    }
+}
+
+/// An RGB image as a `[1, 3, H, W]` float tensor of its 8-bit values.
+fn rgb_tensor(img: &RgbImage) -> Tensor {
+    let (w, h) = img.dimensions();
+    Tensor::from_slice(img.as_raw())
+        .view([i64::from(h), i64::from(w), 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0)
+        .to_kind(Kind::Float)
+}
+
+/// `(pixel / 255 - mean) / std` per channel, written here.
+fn reference_normalise(pixels: &Tensor, mean: [f32; 3], std: [f32; 3]) -> Tensor {
+    let mean = Tensor::from_slice(&mean).view([1, 3, 1, 1]);
+    let std = Tensor::from_slice(&std).view([1, 3, 1, 1]);
+    (pixels / 255.0 - mean) / std
+}
+
+/// libtorch's softmax of the checkpoint's model on the 32x32 `views`, normalised with `mean`
+/// and `std` by [`reference_normalise`].
+fn reference_probabilities(
+    checkpoint: &Path,
+    views: &[RgbImage],
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> Result<Vec<Vec<f64>>> {
+    let (_vs, model, _info) = train::checkpoint::load_for_inference(checkpoint, Device::Cpu)?;
+    let xs = Tensor::cat(
+        &views
+            .iter()
+            .map(|v| reference_normalise(&rgb_tensor(v), mean, std))
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let logits = tch::no_grad(|| model.forward_checked(&xs, false))?;
+    let p = logits.to_kind(Kind::Double).softmax(-1, Kind::Double);
+    let flat = Vec::<f64>::try_from(p.reshape([-1]))?;
+    Ok(flat
+        .chunks(flat.len() / views.len().max(1))
+        .map(<[f64]>::to_vec)
+        .collect())
+}
+
+/// Every class's probability of the reply's first prediction, by class id.
+fn served_probabilities(reply: &Value, classes: usize) -> Result<Vec<f64>> {
+    let top = reply["predictions"][0]["top_k"]
+        .as_array()
+        .with_context(|| format!("no top_k in {reply}"))?;
+    ensure!(top.len() == classes, "{reply}");
+    let mut out = vec![f64::NAN; classes];
+    for entry in top {
+        let id = entry["class_id"].as_u64().context("class_id")? as usize;
+        *out.get_mut(id).context("class_id out of range")? = entry["probability"].as_f64().context("probability")?;
+    }
+    Ok(out)
+}
+
+/// The image the server fed the model (`?input_image=true`: a PNG data URL).
+fn served_view(reply: &Value) -> Result<RgbImage> {
+    let url = reply["predictions"][0]["input_image"]
+        .as_str()
+        .with_context(|| format!("no input_image in {reply}"))?;
+    let b64 = url
+        .strip_prefix("data:image/png;base64,")
+        .context("not a PNG data URL")?;
+    let png = base64::engine::general_purpose::STANDARD.decode(b64)?;
+    Ok(image::load_from_memory_with_format(&png, ImageFormat::Png)?.into_rgb8())
+}
+
+fn largest_difference(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Largest difference, in 8-bit levels, between a served 32x32 view and a reference resize.
+fn largest_level_difference(view: &RgbImage, reference: &Tensor) -> Result<f64> {
+    let diff = (rgb_tensor(view) - reference).abs().max();
+    Ok(diff.double_value(&[]))
+}
+
+/// The served mean and std, read from the model's metadata as the server reports it.
+fn served_normalisation(base: &str) -> Result<([f32; 3], [f32; 3])> {
+    let mut resp = ureq::get(&format!("{base}/v1/model")).call()?;
+    let info: Value = serde_json::from_reader(resp.body_mut().as_reader())?;
+    let triple = |key: &str| -> Result<[f32; 3]> {
+        let v: Vec<f32> = info["metadata"][key]
+            .as_array()
+            .with_context(|| format!("no metadata.{key} in {info}"))?
+            .iter()
+            .map(|x| x.as_f64().map(|x| x as f32).context("a number"))
+            .collect::<Result<_>>()?;
+        v.try_into().map_err(|v| anyhow::anyhow!("metadata.{key} is {v:?}"))
+    };
+    Ok((triple("mean")?, triple("std")?))
+}
+
+/// The server's path (decode, resize, normalise, ONNX Runtime) against references written here,
+/// stage by stage, on [`varied_images`]:
+/// - its 32x32 view of each image is libtorch's antialiased bilinear resize of the original
+///   within [`RESIZE_LEVELS`] (it resizes in 8 bits, in two passes, with fixed-point weights);
+/// - its probabilities are libtorch's softmax of the trained network on that view, normalised
+///   here with the model metadata's mean and std (which must be training's), within [`TOLERANCE`].
+///
+/// And the comparisons' power: a wrong mean or std, or a resize without antialiasing, would fail.
+fn served_path_matches_libtorch(base: &str, checkpoint: &Path) -> Result<()> {
+    let (_vs, _model, info) = train::checkpoint::load_for_inference(checkpoint, Device::Cpu)?;
+    let (mean, std) = served_normalisation(base)?;
+    ensure!(
+        (mean, std) == (info.mean, info.std),
+        "the served model's metadata says mean {mean:?} std {std:?}; training used {:?} {:?}",
+        info.mean,
+        info.std
+    );
+    let images = varied_images();
+    let (mut served, mut views) = (Vec::new(), Vec::new());
+    for img in &images {
+        let reply = post(
+            &format!("{base}/v1/predict?top_k=3&input_image=true"),
+            "image/png",
+            &png(img)?,
+        )?;
+        served.push(served_probabilities(&reply, CLASSES.len())?);
+        views.push(served_view(&reply)?);
+    }
+
+    let mut caught = [0.0f64; 2];
+    for (img, view) in images.iter().zip(&views) {
+        ensure!(view.dimensions() == (32, 32), "the model saw {:?}", view.dimensions());
+        let (w, h) = img.dimensions();
+        let off = largest_level_difference(view, &reference_resize(img, Resize::Antialiased))?;
+        ensure!(
+            off <= RESIZE_LEVELS,
+            "{w}x{h}: the served view is {off} levels from libtorch's resize"
+        );
+        if (w, h) == (32, 32) {
+            ensure!(view == img, "an image of the model's size was changed");
+        }
+        for (i, wrong) in [Resize::Bilinear, Resize::Nearest].into_iter().enumerate() {
+            caught[i] = caught[i].max(largest_level_difference(view, &reference_resize(img, wrong))?);
+        }
+    }
+    ensure!(
+        caught.iter().all(|&c| c > 4.0 * RESIZE_LEVELS),
+        "a resize without antialiasing / nearest-neighbour is only {caught:?} levels off: the check could not catch it"
+    );
+
+    let want = reference_probabilities(checkpoint, &views, mean, std)?;
+    let diff = largest_difference(&served, &want);
+    ensure!(
+        diff < TOLERANCE,
+        "served probabilities differ from libtorch's by {diff:e}:\nserved {served:?}\nlibtorch {want:?}"
+    );
+    // Probabilities pinned near 0 and 1 would hide a difference: these images are not.
+    let spread = want.iter().flatten().filter(|p| (0.01..0.99).contains(*p)).count();
+    ensure!(
+        spread >= images.len(),
+        "libtorch's probabilities are saturated: {want:?}"
+    );
+
+    let wrong = [
+        ("ImageNet's mean", [0.485, 0.456, 0.406], std),
+        ("a red mean off by 0.01", [mean[0] + 0.01, mean[1], mean[2]], std),
+        ("a blue std off by 0.01", mean, [std[0], std[1], std[2] + 0.01]),
+        ("mean and std swapped", std, mean),
+    ];
+    for (what, mean, std) in wrong {
+        let off = largest_difference(&served, &reference_probabilities(checkpoint, &views, mean, std)?);
+        ensure!(
+            off > 10.0 * TOLERANCE,
+            "{what} moves the probabilities by only {off:e}: the comparison could not catch it"
+        );
+    }
+    Ok(())
 }
 
 fn top_labels(reply: &Value) -> Result<Vec<String>> {
@@ -216,6 +461,8 @@ fn train_export_serve_and_lambda_agree() -> Result<()> {
     let batch = json!({ "images": pngs.iter().map(|p| b64.encode(p)).collect::<Vec<_>>() }).to_string();
     let reply = post(&url, "application/json", batch.as_bytes())?;
     ensure!(top_labels(&reply)? == expected, "batch: {reply}");
+
+    served_path_matches_libtorch(&base, &report.checkpoint)?;
 
     // The Lambda path, same file, same image: the same reply.
     let lambda = lambda_reply(&onnx, &pngs[0])?;
