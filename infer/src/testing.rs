@@ -1,6 +1,6 @@
 //! Tiny real ONNX classifiers for tests (here and in the `e2e` crate, via the `test-support`
 //! feature): `input [N,3,H,W] -> GlobalAveragePool -> Flatten -> Gemm -> logits [N,C]`, so the
-//! class follows from the image's mean colour and the expected answer is known in advance.
+//! logits follow from the image's mean colour and the expected answer is known in advance.
 
 pub mod lambda;
 pub mod moto;
@@ -28,14 +28,17 @@ pub struct TinyModel {
 }
 
 impl TinyModel {
-    /// Three classes, `red`, `green`, `blue`: the strongest channel wins.
+    /// Three classes, `red`, `green`, `blue`: a channel 30 levels above the others wins. The
+    /// weights are small, so a solid colour's probabilities stay well inside (0, 1) (a test
+    /// that pins 1.0 and 0.0 would pass a wrong softmax), and not symmetric, so a transposed
+    /// weight matrix answers differently.
     pub fn rgb(size: u32) -> Self {
         Self {
             class_names: vec!["red".into(), "green".into(), "blue".into()],
             height: size,
             width: size,
-            weights: vec![[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]],
-            bias: vec![0.0; 3],
+            weights: vec![[0.5, 0.1, 0.0], [0.0, 0.5, 0.1], [0.1, 0.0, 0.5]],
+            bias: vec![0.1, -0.1, 0.0],
             with_metadata: true,
             fixed_batch: None,
         }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::router::{app, app_with, b64, call, get, multipart, post};
-use common::{expected_probabilities, solid};
+use common::{expected_probabilities, solid, tiny_logits};
 use image::ImageFormat;
 use infer::api::Limits;
 use infer::batch::BatchConfig;
@@ -19,8 +19,34 @@ use infer::testing::TinyModel;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+/// Wording that comes from a dependency (base64, serde_json, the image decoders, axum's
+/// multipart parser), after our own text that names the field or the step at fault: snapshots
+/// keep the error code and our text, and redact theirs, so a dependency's update does not
+/// change what these tests assert.
+const THIRD_PARTY_WORDING: [(&str, &str); 6] = [
+    (r#"(is not valid base64: )[^"]*"#, "${1}[base64's message]"),
+    (r#"(the JSON body is invalid: )[^"]*"#, "${1}[serde_json's message]"),
+    (
+        r#"(the inference request is invalid: )[^"]*"#,
+        "${1}[serde_json's message]",
+    ),
+    (
+        r#"(the image could not be decoded: )[^"]*"#,
+        "${1}[the decoder's message]",
+    ),
+    (
+        r#"(the image is too large: )[^"(]*"#,
+        "${1}[the image crate's message] ",
+    ),
+    (
+        r#"("code": "bad_multipart",\s*"message": )"[^"]*""#,
+        "${1}\"[axum's multipart message]\"",
+    ),
+];
+
 macro_rules! snapshot {
     ($name:expr, $value:expr) => {
+        insta::with_settings!({ filters => THIRD_PARTY_WORDING.to_vec() }, {
         insta::assert_json_snapshot!($name, $value, {
             ".timing.preprocess_ms" => "[ms]",
             ".timing.inference_ms" => "[ms]",
@@ -33,6 +59,7 @@ macro_rules! snapshot {
             ".sha256" => "[sha256]",
             ".versions[]" => "[version]",
             ".info.version" => "[crate version]"
+        })
         })
     };
 }
@@ -66,21 +93,33 @@ async fn probabilities_match_an_independent_computation() -> Result<()> {
     let png = solid(colour, 32, 32, ImageFormat::Png);
     let (status, reply) = call(&app, post("/v1/predict?top_k=3", "image/png", png)?).await?;
     assert_eq!(status, StatusCode::OK);
+    assert_probabilities(&reply["predictions"][0], colour)?;
+    Ok(())
+}
+
+/// A prediction's `top_k` (every class) against the softmax this test computes from the tiny
+/// model's weights, best first; probabilities pinned at 0 or 1 would not tell a wrong softmax.
+fn assert_probabilities(prediction: &Value, colour: [u8; 3]) -> Result<()> {
     let expected = expected_probabilities(colour);
-    let top = reply["predictions"][0]["top_k"].as_array().context("top_k list")?;
-    assert_eq!(top.len(), 3);
+    assert!(
+        expected.iter().all(|p| (0.02..0.98).contains(p)),
+        "the tiny model saturates for {colour:?}: {expected:?}"
+    );
+    let top = prediction["top_k"].as_array().context("top_k list")?;
+    assert_eq!(top.len(), 3, "{prediction}");
     let mut last = f64::INFINITY;
     for entry in top {
         let id = entry["class_id"].as_u64().context("class_id")? as usize;
         let p = entry["probability"].as_f64().context("probability")?;
         assert!(
             (p - f64::from(expected[id])).abs() < 1e-4,
-            "class {id}: {p} vs {}",
+            "{colour:?} class {id}: {p} vs {}",
             expected[id]
         );
         assert!(p <= last, "not sorted");
         last = p;
     }
+    assert_eq!(prediction["probability"], top[0]["probability"], "{prediction}");
     Ok(())
 }
 
@@ -98,11 +137,12 @@ async fn multipart_json_and_batch_forms() -> Result<()> {
     assert_eq!(status, StatusCode::OK);
     snapshot!("predict_json_gif_top1", &reply);
 
-    let images: Vec<String> = [[250, 0, 0], [0, 250, 0], [0, 0, 250]]
+    let colours = [[250, 0, 0], [0, 250, 0], [0, 0, 250]];
+    let images: Vec<String> = colours
         .into_iter()
         .map(|c| b64(&solid(c, 40, 30, ImageFormat::Png)))
         .collect();
-    let request = json!({ "images": images }).to_string();
+    let request = json!({ "images": images.clone() }).to_string();
     let (status, reply) = call(&app, post("/v1/predict?top_k=2", "application/json", request)?).await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -110,6 +150,12 @@ async fn multipart_json_and_batch_forms() -> Result<()> {
         ["red", "green", "blue"]
     );
     snapshot!("predict_json_batch", &reply);
+    // Each image of a batch gets its own probabilities, not its neighbour's.
+    let request = json!({ "images": images }).to_string();
+    let (_, reply) = call(&app, post("/v1/predict?top_k=3", "application/json", request)?).await?;
+    for (i, colour) in colours.into_iter().enumerate() {
+        assert_probabilities(&reply["predictions"][i], colour)?;
+    }
     Ok(())
 }
 
@@ -300,7 +346,7 @@ async fn kserve_v2_protocol() -> Result<()> {
         assert_eq!(status, StatusCode::OK, "{uri}");
         snapshot!(format!("v2_{}", uri.trim_start_matches('/').replace('/', "_")), &reply);
     }
-    // Two 32x32 images, solid red and solid blue in normalised units: logits are 4x the channel.
+    // Two 32x32 images, solid red and solid blue in normalised units: the tiny model's logits.
     let plane = 32 * 32;
     let mut data = Vec::new();
     for rgb in [[2.0f32, -2.0, -2.0], [-2.0, -2.0, 1.0]] {
@@ -315,6 +361,12 @@ async fn kserve_v2_protocol() -> Result<()> {
     )
     .await?;
     assert_eq!(status, StatusCode::OK, "{reply}");
+    let want = [tiny_logits([2.0, -2.0, -2.0]), tiny_logits([-2.0, -2.0, 1.0])].concat();
+    let got: Vec<f32> = serde_json::from_value(reply["outputs"][0]["data"].clone())?;
+    assert!(
+        got.len() == 6 && got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-5),
+        "{got:?} vs {want:?}"
+    );
     snapshot!("v2_infer", &reply);
 
     let bad = |tensor: Value| {

@@ -16,13 +16,31 @@ pub fn solid(rgb: [u8; 3], width: u32, height: u32, format: ImageFormat) -> Vec<
     out.into_inner()
 }
 
-/// The probabilities the tiny RGB model must give for a solid colour, computed independently
-/// of the server: mean 0.5, std 0.25, logits = 4 * normalised channel, softmax.
-pub fn expected_probabilities(rgb: [u8; 3]) -> Vec<f32> {
-    let logits: Vec<f32> = rgb
+/// The logits the tiny RGB model must give for a solid image whose normalised channels are `x`,
+/// computed without ONNX Runtime from the model's known weights (the pooled mean of a solid
+/// image is its value): the weights times `x`, plus the bias.
+pub fn tiny_logits(x: [f32; 3]) -> Vec<f32> {
+    let model = infer::testing::TinyModel::rgb(1);
+    model
+        .weights
         .iter()
-        .map(|&c| 4.0 * ((f32::from(c) / 255.0 - 0.5) / 0.25))
-        .collect();
+        .zip(&model.bias)
+        .map(|(w, b)| w.iter().zip(&x).map(|(w, x)| w * x).sum::<f32>() + b)
+        .collect()
+}
+
+/// [`tiny_logits`] of a solid colour, normalised with the model's metadata.
+pub fn expected_logits(rgb: [u8; 3]) -> Vec<f32> {
+    let meta = infer::testing::TinyModel::rgb(1).metadata();
+    tiny_logits(std::array::from_fn(|c| {
+        (f32::from(rgb[c]) / 255.0 - meta.mean[c]) / meta.std[c]
+    }))
+}
+
+/// The probabilities the tiny RGB model must give for a solid colour: the softmax of
+/// [`expected_logits`], computed here, independently of the server.
+pub fn expected_probabilities(rgb: [u8; 3]) -> Vec<f32> {
+    let logits = expected_logits(rgb);
     let max = logits.iter().copied().fold(f32::MIN, f32::max);
     let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
     let sum: f32 = exp.iter().sum();
