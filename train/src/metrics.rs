@@ -130,6 +130,11 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> MetricsError + '_ {
 }
 
 /// Reads `metrics.jsonl`, keeping the lines of epochs up to `up_to`.
+///
+/// A last line without its newline that does not parse is a line a kill cut short: it is
+/// dropped with a warning. A run appends an epoch's line before its checkpoint, so that line
+/// is always past the checkpoint, where a resume drops lines anyway. Any other line that does
+/// not parse is an error.
 pub fn read_metrics(path: &Path, up_to: u32) -> Result<Vec<EpochMetrics>, MetricsError> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -137,13 +142,24 @@ pub fn read_metrics(path: &Path, up_to: u32) -> Result<Vec<EpochMetrics>, Metric
         Err(e) => return Err(io_err(path)(e)),
     };
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io_err(path))?;
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    for i in 1.. {
+        line.clear();
+        if reader.read_line(&mut line).map_err(io_err(path))? == 0 {
+            break;
+        }
         if line.trim().is_empty() {
             continue;
         }
-        let m: EpochMetrics = serde_json::from_str(&line)
-            .map_err(|e| io_err(path)(std::io::Error::other(format!("line {}: {e}", i + 1))))?;
+        let m: EpochMetrics = match serde_json::from_str(&line) {
+            Ok(m) => m,
+            Err(_) if !line.ends_with('\n') => {
+                tracing::warn!("{}: dropped line {i}, cut short by a kill: {line:?}", path.display());
+                break;
+            }
+            Err(e) => return Err(io_err(path)(std::io::Error::other(format!("line {i}: {e}")))),
+        };
         if m.epoch <= up_to {
             out.push(m);
         }

@@ -244,6 +244,36 @@ fn a_nan_test_loss_is_recorded_and_the_run_still_resumes() -> TestResult {
     Ok(())
 }
 
+/// A kill in the middle of appending an epoch's metrics line leaves half a line (the epoch's
+/// checkpoint is written after it, so it is not there either): the resume drops it and redoes
+/// the epoch.
+#[test]
+fn a_metrics_line_cut_short_by_a_kill_is_dropped_by_the_resume() -> TestResult {
+    single_thread();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    write_data(&data, (3, 1))?;
+    let run = dir.path().join("run");
+    let mut s = settings(&data, &run);
+    s.stop_after = Some(1);
+    fit::fit(&s, &options())?;
+    let metrics = run.join(fit::METRICS_FILE);
+    let mut f = fs::OpenOptions::new().append(true).open(&metrics)?;
+    std::io::Write::write_all(&mut f, br#"{"epoch":2,"train_loss":1.0"#)?;
+    drop(f);
+    s.stop_after = Some(2);
+    s.resume = true;
+    fit::fit(&s, &options())?;
+    let epochs: Vec<u32> = read_metrics(&metrics, u32::MAX)?.iter().map(|m| m.epoch).collect();
+    assert_eq!(epochs, [1, 2]);
+    // A broken line that is not the last one is an error naming the file and the line.
+    let text = fs::read_to_string(&metrics)?;
+    fs::write(&metrics, format!("{{\"epoch\":1,\n{text}"))?;
+    let msg = read_metrics(&metrics, u32::MAX).err().ok_or("read")?.to_string();
+    assert!(msg.contains(fit::METRICS_FILE) && msg.contains("line 1"), "{msg}");
+    Ok(())
+}
+
 /// A kill while a checkpoint or the metrics are being written leaves their temporary file; the
 /// next start of the run removes it, and nothing else is left in the run directory.
 #[test]
