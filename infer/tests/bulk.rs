@@ -740,3 +740,22 @@ fn predict_files_honours_max_side() -> Result<()> {
     assert_eq!(record["label"], "red", "{record}");
     Ok(())
 }
+
+/// An S3 output key longer than a file name may be (nothing of it becomes a local file name).
+#[test]
+fn an_s3_output_with_a_long_key_is_written() -> Result<()> {
+    let moto = Moto::start()?;
+    let dir = tempfile::tempdir()?;
+    let model = write_with_sidecar(dir.path(), "tiny.onnx", &TinyModel::rgb(32).build())?;
+    moto.create_bucket("long")?;
+    for i in 0..3 {
+        moto.put(&format!("long/in/{}", image(i).0), &image(i).1)?;
+    }
+    let key = format!("out/{}.jsonl", "k".repeat(400));
+    let output = format!("s3://long/{key}");
+    let args = ["s3://long/in/", "--model", &model.display().to_string(), "-o", &output];
+    infer(Some(&moto), &args)?;
+    let written = records(&String::from_utf8(moto.get(&format!("long/{key}"))?)?)?;
+    assert_eq!(written.len(), 3, "{written:?}");
+    Ok(())
+}

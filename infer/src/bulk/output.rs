@@ -275,6 +275,13 @@ fn rewrite(path: &Path, earlier: &[u8], kept: &[Range<usize>]) -> Result<File, S
     };
     let mut spool = tempfile::NamedTempFile::new_in(dir).map_err(io_err("creating a file in", dir))?;
     let spool_path = spool.path().to_owned();
+    // The new file takes the old one's permissions (a temporary file is created owner-only).
+    if let Ok(meta) = std::fs::metadata(path) {
+        spool
+            .as_file()
+            .set_permissions(meta.permissions())
+            .map_err(io_err("setting the permissions of", &spool_path))?;
+    }
     {
         let mut writer = BufWriter::new(spool.as_file_mut());
         for range in kept {
