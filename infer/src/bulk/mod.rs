@@ -1,11 +1,11 @@
 //! Classifying many stored images: every object under an `s3://bucket/prefix/` or a local
 //! folder, with the server's preprocessing and limits, one JSON Lines record per object.
 //!
-//! - [`store`]: listing and reading the objects (S3 or a folder).
-//! - [`output`]: the JSON Lines output (stdout, a file or an S3 object), with the keys already
-//!   there for resuming.
-//! - [`run`]: `infer predict` over a folder or prefix: bounded concurrency, a progress bar,
-//!   resume, Ctrl-C.
+//! - [`store`]: listing and reading the objects (S3, a folder, or image files named one by one).
+//! - [`output`]: the JSON Lines output (stdout, a file, an S3 object as a multipart upload, or
+//!   memory), with the earlier records that still hold for resuming.
+//! - [`run`]: `infer predict` over a folder, a prefix or image files: bounded concurrency, a
+//!   progress bar, resume, Ctrl-C and SIGTERM.
 //! - [`map`]: the same classification as a Step Functions Distributed Map worker on Lambda.
 //!
 //! An object that cannot be read or is not an image becomes a record with an `error`; it never
