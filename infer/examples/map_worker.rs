@@ -62,7 +62,8 @@ fn main() -> Result<()> {
         moto.create_bucket("bench")?;
         let mut items = Vec::new();
         for object in listed.iter().take(count) {
-            let bytes = std::fs::read(std::path::Path::new(&dir).join(&object.key))?;
+            let path = object.path.as_deref().unwrap_or(std::path::Path::new(&object.key));
+            let bytes = std::fs::read(std::path::Path::new(&dir).join(path))?;
             let etag = moto.put(&format!("bench/{}", object.key), &bytes)?;
             items.push(MapItem {
                 key: object.key.clone(),

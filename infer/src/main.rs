@@ -5,9 +5,10 @@
 //!   answers Step Functions Distributed Map batches ([`infer::bulk::map`]).
 //! - `infer serve`: the same router as a plain HTTP server, graceful shutdown on SIGTERM/SIGINT.
 //! - `infer predict IMAGE...`: offline prediction; `infer predict FOLDER|s3://bucket/prefix/`
-//!   classifies every object there into JSON Lines ([`infer::bulk`]).
+//!   classifies every object there into JSON Lines; both through [`infer::bulk`].
 
-use std::io::IsTerminal;
+use std::collections::{HashMap, VecDeque};
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,12 +18,12 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Parser, Subcommand};
 use infer::api::Limits;
 use infer::batch::BatchConfig;
+use infer::bulk::Record;
 use infer::bulk::output::Output;
-use infer::bulk::store::{Location, Objects};
+use infer::bulk::store::{Location, Objects, escape};
 use infer::graph_cache::GraphCache;
 use infer::model::{LoadOptions, Overrides, default_threads};
-use infer::preprocess::{DecodeLimits, Normalisation, preprocess_into};
-use infer::scores::top_k;
+use infer::preprocess::DecodeLimits;
 use infer::source::ModelSource;
 
 #[derive(Debug, Parser)]
@@ -113,8 +114,13 @@ struct ServeArgs {
 
 #[derive(Debug, Args)]
 struct PredictArgs {
-    /// Image files (JPEG, PNG, GIF, WebP, BMP), or one folder or s3://bucket/prefix/ whose every
-    /// object is classified into JSON Lines (key, etag, label, class_id, probability, top_k, error).
+    /// Image files (JPEG, PNG, GIF, WebP, BMP), or one folder or s3://bucket/prefix/. Each image
+    /// or object gets one record (key, etag, label, class_id, probability, top_k, error); one that
+    /// cannot be read or classified gets an error and the others go on. Image files are printed
+    /// (text, or --json), a folder or prefix goes to JSON Lines (--output). Exit status: 0 when
+    /// every image file is classified, 3 when one has an error (all are printed; a folder or
+    /// prefix keeps its errors in the records and exits 0), 1 when the command cannot run (a
+    /// model that does not load, an output that cannot be written) or was interrupted.
     #[arg(required = true, value_name = "IMAGES | FOLDER | s3://BUCKET/PREFIX")]
     inputs: Vec<String>,
     #[command(flatten)]
@@ -122,20 +128,30 @@ struct PredictArgs {
     /// Classes per image.
     #[arg(long, default_value_t = 5)]
     top_k: usize,
-    /// Print JSON instead of text (image files).
+    /// Print JSON instead of text (image files): {"model": {name, version}, "predictions": [record,
+    /// ...]} in the order given.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     bulk: BulkArgs,
 }
 
+/// `infer predict IMAGE...` exits with this when an image got an error record.
+const PREDICT_SOME_FAILED: i32 = 3;
+
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Folder or S3 prefix")]
+#[command(next_help_heading = "Pipeline (image files, folder or S3 prefix)")]
 struct BulkArgs {
-    /// Where the records go: a file or s3://bucket/key [default: stdout]. A re-run skips the keys
-    /// already there and adds the rest.
+    /// Where the records of a folder or S3 prefix go: a file or s3://bucket/key [default:
+    /// stdout]. A re-run keeps the error-free records of objects unchanged since (the same ETag)
+    /// and classifies the rest; an S3 object is written in multipart parts and completed with
+    /// every record so far on Ctrl-C or SIGTERM.
     #[arg(long, short)]
     output: Option<String>,
+    /// On a re-run, classify again the objects whose record in --output has an error (a failed
+    /// read, a transient S3 failure); `false` keeps those records as they are.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    retry_failed: bool,
     /// Objects in flight at once (being read, decoded or queued for the model).
     #[arg(long, default_value_t = infer::bulk::DEFAULT_CONCURRENCY)]
     concurrency: usize,
@@ -375,63 +391,89 @@ async fn predict(args: PredictArgs) -> Result<()> {
         args.bulk.output.is_none(),
         "--output is for a folder or s3:// prefix; image files are printed"
     );
-    let images: Vec<PathBuf> = args.inputs.iter().map(PathBuf::from).collect();
-    let classifier = args.model.load().await?;
-    let info = classifier.info();
-    let norm = Normalisation::from_info(info);
-    let mut input = Vec::new();
-    for path in &images {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        preprocess_into(&bytes, &DecodeLimits::default(), &norm, &mut input)
-            .with_context(|| format!("{}", path.display()))?;
+    let paths: Vec<PathBuf> = args.inputs.iter().map(PathBuf::from).collect();
+    let classify = Arc::new(args.pipeline(args.model.load().await?));
+    let model = serde_json::json!({"name": classify.info().name, "version": classify.info().version});
+    let mut output = Output::memory();
+    let objects = Objects::Files(paths.clone());
+    let summary = infer::bulk::run::run(classify, objects, &mut output, args.options()).await?;
+    // Records come as they complete: put them back in the order given.
+    let mut by_key: HashMap<String, VecDeque<Record>> = HashMap::new();
+    for record in output.into_records() {
+        by_key.entry(record.key.clone()).or_default().push_back(record);
     }
-    let logits = classifier.run(input, images.len())?;
-    let k = args.top_k.clamp(1, info.num_classes());
-    let mut results = Vec::new();
-    for (path, l) in images.iter().zip(&logits) {
-        let top = top_k(l, &info.class_names, k);
-        if args.json {
-            results.push(serde_json::json!({"image": path.display().to_string(), "top_k": top}));
-        } else {
-            let best = top.first().map_or(String::new(), |s| {
-                format!("{} ({:.1}%)", s.label, s.probability * 100.0)
-            });
-            let rest: Vec<String> = top
-                .iter()
-                .skip(1)
-                .map(|s| format!("{} {:.1}%", s.label, s.probability * 100.0))
-                .collect();
-            println!("{}: {best}  [{}]", path.display(), rest.join(", "));
+    let records: Vec<Record> = paths
+        .iter()
+        .filter_map(|p| by_key.get_mut(&escape(p.as_os_str()))?.pop_front())
+        .collect();
+    if args.json {
+        let doc = serde_json::json!({"model": model, "predictions": records});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for record in &records {
+            match (&record.error, &record.top_k) {
+                (Some(error), _) => println!("{}: error: {error}", record.key),
+                (None, top) => {
+                    let top = top.as_deref().unwrap_or_default();
+                    let best = top.first().map_or(String::new(), |s| {
+                        format!("{} ({:.1}%)", s.label, s.probability * 100.0)
+                    });
+                    let rest: Vec<String> = top
+                        .iter()
+                        .skip(1)
+                        .map(|s| format!("{} {:.1}%", s.label, s.probability * 100.0))
+                        .collect();
+                    println!("{}: {best}  [{}]", record.key, rest.join(", "));
+                }
+            }
         }
     }
-    if args.json {
-        let doc = serde_json::json!({"model": {"name": info.name, "version": info.version}, "predictions": results});
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+    ensure!(!summary.interrupted, "interrupted");
+    if summary.failed > 0 {
+        std::io::stdout().flush().context("writing stdout")?;
+        eprintln!("{} of {} images could not be classified", summary.failed, paths.len());
+        std::process::exit(PREDICT_SOME_FAILED);
     }
     Ok(())
+}
+
+impl PredictArgs {
+    /// The same classification as the server's: its limits, the micro-batching engine.
+    fn pipeline(&self, classifier: Arc<infer::model::Classifier>) -> infer::bulk::Classify {
+        let bulk = &self.bulk;
+        infer::bulk::Classify::new(
+            classifier,
+            BatchConfig {
+                max_batch: bulk.max_batch.max(1),
+                max_wait: Duration::ZERO,
+            },
+            limits(bulk.max_body_bytes, 1, bulk.max_side, bulk.max_decoding),
+        )
+    }
+
+    fn options(&self) -> infer::bulk::run::Options {
+        infer::bulk::run::Options {
+            concurrency: self.bulk.concurrency,
+            top_k: self.top_k,
+            progress: !self.bulk.no_progress,
+            retry_failed: self.bulk.retry_failed,
+        }
+    }
 }
 
 async fn predict_bulk(args: PredictArgs) -> Result<()> {
     let location = Location::parse(&args.inputs[0])?;
     // Opened first: a bad output stops the run before the model loads.
     let mut output = Output::open(args.bulk.output.as_deref()).await?;
-    let classifier = args.model.load().await?;
-    let bulk = &args.bulk;
-    let classify = infer::bulk::Classify::new(
-        classifier,
-        BatchConfig {
-            max_batch: bulk.max_batch.max(1),
-            max_wait: Duration::ZERO,
-        },
-        limits(bulk.max_body_bytes, 1, bulk.max_side, bulk.max_decoding),
-    );
-    let options = infer::bulk::run::Options {
-        concurrency: bulk.concurrency,
-        top_k: args.top_k,
-        progress: !bulk.no_progress,
-    };
+    let classify = args.pipeline(args.model.load().await?);
     let objects = Objects::open(&location).await;
-    let summary = infer::bulk::run::run(Arc::new(classify), objects, &mut output, options).await?;
+    let summary = match infer::bulk::run::run(Arc::new(classify), objects, &mut output, args.options()).await {
+        Ok(summary) => summary,
+        Err(e) => {
+            output.abort().await;
+            return Err(e.into());
+        }
+    };
     output.finish().await?;
     // On stderr, so that records on stdout stay pure JSON Lines.
     eprintln!("{location}: {summary}");

@@ -4,6 +4,10 @@
 //! - `infer predict s3://bucket/prefix/` checked record by record against `infer predict FILE...`
 //!   on the same bytes, then resumed after an interrupted write, then to and from an S3 output;
 //! - `infer predict FOLDER` to stdout;
+//! - resuming: records with an error and objects overwritten since (another ETag) are done again,
+//!   the rest skipped; SIGTERM to a run writing to S3 leaves the object complete;
+//! - folders with file names that are not UTF-8, and with a symbolic link loop;
+//! - `infer predict FILE...` through the same pipeline: one record per file, bad files included;
 //! - the Step Functions Distributed Map worker, driven with a Map batch event through
 //!   `cargo lambda invoke`, beside an HTTP event to the same function.
 
@@ -66,13 +70,19 @@ fn broken() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn infer(moto: Option<&Moto>, args: &[&str]) -> Result<Output> {
+/// `infer predict ARGS`, pointed at `moto` when given.
+fn predict(moto: Option<&Moto>, args: &[&str]) -> Command {
     let mut command = Command::new(infer_bin());
     command.arg("predict").args(args).env_remove("AWS_PROFILE");
     for (k, v) in moto.map(Moto::aws_env).unwrap_or_default() {
         command.env(k, v);
     }
-    let output = command.output()?;
+    command
+}
+
+/// `infer predict ARGS`, which must succeed.
+fn infer(moto: Option<&Moto>, args: &[&str]) -> Result<Output> {
+    let output = predict(moto, args).output()?;
     ensure!(
         output.status.success(),
         "infer predict {args:?} failed: {}",
@@ -118,7 +128,7 @@ fn single_predictions(model: &Path, files: &[std::path::PathBuf]) -> Result<Hash
     let doc: Value = serde_json::from_slice(&infer(None, &args)?.stdout)?;
     let mut out = HashMap::new();
     for p in doc["predictions"].as_array().context("predictions")? {
-        let name = Path::new(p["image"].as_str().context("image")?)
+        let name = Path::new(p["key"].as_str().context("key")?)
             .file_name()
             .context("file name")?
             .to_string_lossy()
@@ -268,7 +278,7 @@ fn predict_classifies_an_s3_prefix_resumes_and_writes_to_s3() -> Result<()> {
     check_broken(&resumed, "batch/")?;
 
     // To an S3 object inside the prefix itself: it is not classified, and a second run finds
-    // everything done.
+    // everything done but the broken objects, which are tried again.
     let s3_out = "s3://images/batch/results/run.jsonl";
     let s3_args = ["s3://images/batch/", "--model", &model_arg, "--output", s3_out];
     let counts = summary(&infer(Some(&moto), &s3_args)?)?;
@@ -287,7 +297,8 @@ fn predict_classifies_an_s3_prefix_resumes_and_writes_to_s3() -> Result<()> {
     }
     let again = infer(Some(&moto), &s3_args)?;
     let counts = summary(&again)?;
-    assert_eq!(counts.get("skipped"), Some(&324), "{counts:?}");
+    assert_eq!(counts.get("skipped"), Some(&320), "{counts:?}");
+    assert_eq!(counts.get("redone"), Some(&4), "{counts:?}");
     assert_eq!(counts.get("classified"), Some(&0), "{counts:?}");
     let reuploaded = records(&String::from_utf8(moto.get("images/batch/results/run.jsonl")?)?)?;
     assert_eq!(reuploaded, uploaded);
@@ -366,5 +377,385 @@ fn the_function_is_a_distributed_map_worker_beside_http() -> Result<()> {
     assert_eq!(reply["statusCode"], 200, "{reply}");
     let body: Value = serde_json::from_str(reply["body"].as_str().context("body")?)?;
     assert_eq!(body["predictions"][0]["label"], "blue", "{body}");
+    Ok(())
+}
+
+/// A record as a run that met a transient S3 failure wrote it.
+fn failed_record(key: &str, etag: &str) -> String {
+    json!({"key": key, "etag": etag, "label": null, "class_id": null, "probability": null, "top_k": null,
+           "error": format!("reading s3://resume/{key}: dispatch failure: timed out")})
+    .to_string()
+}
+
+#[test]
+fn resume_retries_failed_and_changed_objects_and_skips_the_rest() -> Result<()> {
+    let moto = Moto::start()?;
+    let dir = tempfile::tempdir()?;
+    let model = write_with_sidecar(dir.path(), "tiny.onnx", &TinyModel::rgb(32).build())?;
+    let model_arg = model.display().to_string();
+    moto.create_bucket("resume")?;
+    let mut etags = HashMap::new();
+    for i in 0..40 {
+        let key = format!("in/{}", image(i).0);
+        etags.insert(key.clone(), moto.put(&format!("resume/{key}"), &image(i).1)?);
+    }
+    let out = dir.path().join("out.jsonl");
+    let out_arg = out.display().to_string();
+    let args = ["s3://resume/in/", "--model", &model_arg, "--top-k", "1", "-o", &out_arg];
+    infer(Some(&moto), &args)?;
+    let first = records(&std::fs::read_to_string(&out)?)?;
+    assert_eq!(first.len(), 40);
+
+    // Images 0..5 failed to download in that run; images 10..15 are overwritten since, with a
+    // colour of another class.
+    let failed: Vec<String> = (0..5).map(|i| format!("in/{}", image(i).0)).collect();
+    let changed: Vec<usize> = (10..15).collect();
+    let text: Vec<String> = std::fs::read_to_string(&out)?
+        .lines()
+        .map(|line| {
+            let key = serde_json::from_str::<Value>(line).map(|r| r["key"].as_str().unwrap_or_default().to_owned());
+            match key {
+                Ok(key) if failed.contains(&key) => failed_record(&key, &etags[&key]),
+                _ => line.to_owned(),
+            }
+        })
+        .collect();
+    std::fs::write(&out, text.join("\n") + "\n")?;
+    for &i in &changed {
+        let key = format!("in/{}", image(i).0);
+        let bytes = solid(colour(i + 1), 16, 16, ImageFormat::Png);
+        etags.insert(key.clone(), moto.put(&format!("resume/{key}"), &bytes)?);
+    }
+
+    let counts = summary(&infer(Some(&moto), &args)?)?;
+    assert_eq!(counts.get("listed"), Some(&40), "{counts:?}");
+    assert_eq!(counts.get("skipped"), Some(&30), "{counts:?}");
+    assert_eq!(counts.get("redone"), Some(&10), "{counts:?}");
+    assert_eq!(counts.get("classified"), Some(&10), "{counts:?}");
+    let second = records(&std::fs::read_to_string(&out)?)?;
+    assert_eq!(second.len(), 40, "one record per key");
+    for i in 0..40 {
+        let key = format!("in/{}", image(i).0);
+        let record = &second[&key];
+        assert!(record["error"].is_null(), "{key}: {record}");
+        assert_eq!(record["etag"].as_str(), Some(etags[&key].as_str()), "{key}");
+        let rgb = if changed.contains(&i) { colour(i + 1) } else { colour(i) };
+        assert_eq!(
+            record["label"],
+            LABELS[argmax(&expected_probabilities(rgb))],
+            "{key}: {record}"
+        );
+        if !changed.contains(&i) && !failed.contains(&key) {
+            assert_eq!(record, &first[&key], "{key}: a skipped record is kept as it was");
+        }
+    }
+
+    // With --retry-failed false an error record stays.
+    let key = format!("in/{}", image(20).0);
+    let mut text = std::fs::read_to_string(&out)?;
+    text.push_str(&(failed_record(&key, &etags[&key]) + "\n"));
+    std::fs::write(&out, &text)?;
+    let mut keep = args.to_vec();
+    keep.extend(["--retry-failed", "false"]);
+    let counts = summary(&infer(Some(&moto), &keep)?)?;
+    assert_eq!(counts.get("skipped"), Some(&40), "{counts:?}");
+    assert_eq!(std::fs::read_to_string(&out)?, text);
+    let counts = summary(&infer(Some(&moto), &args)?)?;
+    assert_eq!(counts.get("redone"), Some(&1), "{counts:?}");
+    let third = records(&std::fs::read_to_string(&out)?)?;
+    assert!(third[&key]["error"].is_null(), "{}", third[&key]);
+    Ok(())
+}
+
+#[test]
+fn sigterm_mid_run_leaves_a_complete_s3_object_with_every_record_so_far() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    use std::time::Instant;
+
+    let moto = Moto::start()?;
+    let dir = tempfile::tempdir()?;
+    let model = write_with_sidecar(dir.path(), "tiny.onnx", &TinyModel::rgb(32).build())?;
+    let model_arg = model.display().to_string();
+    moto.create_bucket("term")?;
+    let count = 400;
+    for i in 0..count {
+        moto.put(
+            &format!("term/in/{i:04}.png"),
+            &solid(colour(i), 8, 8, ImageFormat::Png),
+        )?;
+    }
+    // An earlier output of objects since deleted, larger than one part of the upload: kept, and
+    // the new records after it.
+    let mut earlier = String::new();
+    let mut n = 0;
+    while earlier.len() < infer::bulk::output::PART_BYTES + (1 << 20) {
+        let record = json!({"key": format!("gone/{n:06}.png"), "etag": "\"0\"", "label": "red", "class_id": 0,
+                            "probability": 0.9, "top_k": [{"label": "red", "class_id": 0, "probability": 0.9}], "error": null});
+        earlier.push_str(&format!("{record}\n"));
+        n += 1;
+    }
+    moto.put("term/out/run.jsonl", earlier.as_bytes())?;
+
+    let args = [
+        "s3://term/in/",
+        "--model",
+        &model_arg,
+        "--top-k",
+        "1",
+        "-o",
+        "s3://term/out/run.jsonl",
+        "--concurrency",
+        "1",
+        "--max-batch",
+        "1",
+    ];
+    let mut child = predict(Some(&moto), &args)
+        .env("RUST_LOG", "info,infer=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    // Signalled once a few records are written (or, from a binary that does not log them,
+    // a while after the listing).
+    let mut log = Vec::new();
+    let mut listed_at = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let Ok(line) = seen.recv_timeout(Duration::from_millis(50)) else {
+            if listed_at.is_some_and(|t: Instant| t.elapsed() > Duration::from_secs(3)) {
+                break;
+            }
+            continue;
+        };
+        if line.contains(" listed") || line.contains("listed=") {
+            listed_at = Some(Instant::now());
+        }
+        log.push(line);
+        if log.iter().filter(|l| l.contains("recorded")).count() >= 5 {
+            break;
+        }
+    }
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    ensure!(term.success(), "kill -TERM failed");
+    let status = child.wait()?;
+    log.extend(seen.iter());
+    let log = log.join("\n");
+    assert_eq!(status.signal(), None, "killed by the signal: {log}");
+    assert!(!status.success() && log.contains("interrupted"), "{status}: {log}");
+
+    let object = String::from_utf8(moto.get("term/out/run.jsonl")?)?;
+    assert!(object.starts_with(&earlier), "the earlier records were not kept first");
+    let kept = records(&object)?;
+    let new: Vec<&String> = kept.keys().filter(|k| k.starts_with("in/")).collect();
+    assert_eq!(kept.len() - new.len(), n, "earlier records");
+    let recorded: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("recorded"))
+        .filter_map(|l| l.split("key=").nth(1)?.split_whitespace().next())
+        .collect();
+    assert!(
+        recorded.len() >= 5 && new.len() >= recorded.len(),
+        "{} new records for {recorded:?}",
+        new.len()
+    );
+    for key in &recorded {
+        assert!(
+            kept.contains_key(*key),
+            "{key} was recorded before SIGTERM but is not in the object"
+        );
+    }
+    assert!(new.len() < count, "the run ended before the signal");
+    let uploads = String::from_utf8(moto.get("term?uploads")?)?;
+    assert!(
+        !uploads.contains("<UploadId>"),
+        "a multipart upload was left open: {uploads}"
+    );
+
+    // The re-run reads the object back and does the rest.
+    let counts = summary(&infer(Some(&moto), &args)?)?;
+    assert_eq!(counts.get("listed"), Some(&count), "{counts:?}");
+    assert_eq!(counts.get("skipped"), Some(&new.len()), "{counts:?}");
+    let whole = records(&String::from_utf8(moto.get("term/out/run.jsonl")?)?)?;
+    assert_eq!(whole.len(), n + count);
+    Ok(())
+}
+
+/// `infer predict DIR --top-k 1` records by key.
+fn folder_records(dir: &Path, model: &Path) -> Result<BTreeMap<String, Value>> {
+    let run = infer(
+        None,
+        &[
+            &dir.display().to_string(),
+            "--model",
+            &model.display().to_string(),
+            "--top-k",
+            "1",
+        ],
+    )?;
+    records(&String::from_utf8(run.stdout)?)
+}
+
+#[test]
+fn file_names_that_are_not_utf8_are_read_and_written_escaped() -> Result<()> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir()?;
+    let model = write_with_sidecar(dir.path(), "tiny.onnx", &TinyModel::rgb(32).build())?;
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images)?;
+    // Latin-1 names: two that differ only in a byte that is not UTF-8, and a UTF-8 one.
+    let files: [(&[u8], [u8; 3], &str); 3] = [
+        (b"caf\xe9.png", [230, 20, 20], "caf\\xe9.png"),
+        (b"caf\xe8.png", [20, 20, 230], "caf\\xe8.png"),
+        ("café.png".as_bytes(), [20, 230, 20], "café.png"),
+    ];
+    for (name, rgb, _) in &files {
+        std::fs::write(
+            images.join(OsStr::from_bytes(name)),
+            solid(*rgb, 16, 16, ImageFormat::Png),
+        )?;
+    }
+    let records = folder_records(&images, &model)?;
+    assert_eq!(records.len(), 3, "{records:?}");
+    for (_, rgb, key) in files {
+        let record = records
+            .get(key)
+            .with_context(|| format!("no record for {key} in {records:?}"))?;
+        assert!(record["error"].is_null(), "{record}");
+        assert_eq!(
+            record["label"],
+            LABELS[argmax(&expected_probabilities(rgb))],
+            "{record}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_symbolic_link_loop_is_listed_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = write_with_sidecar(dir.path(), "tiny.onnx", &TinyModel::rgb(32).build())?;
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(images.join("sub"))?;
+    std::fs::write(images.join("top.png"), solid([230, 20, 20], 8, 8, ImageFormat::Png))?;
+    std::fs::write(images.join("sub/low.png"), solid([20, 20, 230], 8, 8, ImageFormat::Png))?;
+    std::os::unix::fs::symlink("..", images.join("sub/loop"))?;
+    // A second way into `sub`, outside the loop.
+    std::os::unix::fs::symlink("sub", images.join("zz-sub"))?;
+    let records = folder_records(&images, &model)?;
+    assert_eq!(
+        records.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["sub/low.png", "top.png"],
+        "{records:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn predict_files_prints_a_record_for_each_and_exits_3_when_any_fails() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = write_with_sidecar(dir.path(), "tiny.onnx", &TinyModel::rgb(32).build())?;
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(path("red.png"), solid([230, 20, 20], 16, 16, ImageFormat::Png))?;
+    std::fs::write(path("blue.jpg"), solid([20, 20, 230], 16, 16, ImageFormat::Jpeg))?;
+    std::fs::write(path("notes.txt"), b"not an image")?;
+    std::fs::write(path("large.bmp"), solid([20, 230, 20], 40, 40, ImageFormat::Bmp))?;
+    let names = ["red.png", "notes.txt", "missing.png", "large.bmp", "blue.jpg"];
+    let model_arg = model.display().to_string();
+    let mut args = vec!["--model", &model_arg, "--top-k", "2", "--max-body-bytes", "4000"];
+    let paths: Vec<String> = names.iter().map(|n| path(n)).collect();
+    args.extend(paths.iter().map(String::as_str));
+
+    let mut json_args = args.clone();
+    json_args.push("--json");
+    let out = predict(None, &json_args).output()?;
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout)?;
+    let predictions = doc["predictions"].as_array().context("predictions")?;
+    assert_eq!(predictions.len(), names.len(), "{doc}");
+    for (record, path) in predictions.iter().zip(&paths) {
+        assert_eq!(record["key"].as_str(), Some(path.as_str()), "in the order given");
+        assert!(record["etag"].is_null(), "{record}");
+    }
+    for (i, label) in [(0, "red"), (4, "blue")] {
+        let record = &predictions[i];
+        assert!(record["error"].is_null(), "{record}");
+        assert_eq!(record["label"], label, "{record}");
+        assert_eq!(record["class_id"], record["top_k"][0]["class_id"], "{record}");
+        assert_eq!(record["probability"], record["top_k"][0]["probability"], "{record}");
+        assert_eq!(record["top_k"].as_array().map(Vec::len), Some(2), "{record}");
+    }
+    for (i, reason) in [
+        (1, "not a recognised image"),
+        (2, "missing.png"),
+        (3, "over the limit of 4000 bytes"),
+    ] {
+        let record = &predictions[i];
+        let error = record["error"].as_str().unwrap_or_default();
+        assert!(error.contains(reason), "{record}");
+        assert!(record["label"].is_null() && record["top_k"].is_null(), "{record}");
+    }
+    assert!(doc["model"]["version"].is_string(), "{doc}");
+
+    let out = predict(None, &args).output()?;
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8(out.stdout)?;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), names.len(), "{text}");
+    assert!(lines[0].starts_with(&format!("{}: red (", paths[0])), "{text}");
+    assert!(lines[2].starts_with(&format!("{}: error: ", paths[2])), "{text}");
+    assert!(lines[4].starts_with(&format!("{}: blue (", paths[4])), "{text}");
+    Ok(())
+}
+
+#[test]
+fn predict_files_honours_max_side() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = write_with_sidecar(dir.path(), "tiny.onnx", &TinyModel::rgb(32).build())?;
+    let wide = dir.path().join("wide.png").display().to_string();
+    std::fs::write(&wide, solid([230, 20, 20], 64, 16, ImageFormat::Png))?;
+    let model_arg = model.display().to_string();
+    let run = |extra: &[&str]| -> Result<(Option<i32>, Value)> {
+        let mut args = vec!["--model", &model_arg, "--json", &wide];
+        args.extend(extra);
+        let out = predict(None, &args).output()?;
+        let doc: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok((out.status.code(), doc["predictions"][0].clone()))
+    };
+    let (status, record) = run(&["--max-side", "32"])?;
+    assert_eq!(status, Some(3), "{record}");
+    let error = record["error"].as_str().unwrap_or_default();
+    assert!(error.contains("64") && error.contains("32"), "{record}");
+    let (status, record) = run(&[])?;
+    assert_eq!(status, Some(0), "{record}");
+    assert_eq!(record["label"], "red", "{record}");
+    Ok(())
+}
+
+/// An S3 output key longer than a file name may be (nothing of it becomes a local file name).
+#[test]
+fn an_s3_output_with_a_long_key_is_written() -> Result<()> {
+    let moto = Moto::start()?;
+    let dir = tempfile::tempdir()?;
+    let model = write_with_sidecar(dir.path(), "tiny.onnx", &TinyModel::rgb(32).build())?;
+    moto.create_bucket("long")?;
+    for i in 0..3 {
+        moto.put(&format!("long/in/{}", image(i).0), &image(i).1)?;
+    }
+    let key = format!("out/{}.jsonl", "k".repeat(400));
+    let output = format!("s3://long/{key}");
+    let args = ["s3://long/in/", "--model", &model.display().to_string(), "-o", &output];
+    infer(Some(&moto), &args)?;
+    let written = records(&String::from_utf8(moto.get(&format!("long/{key}"))?)?)?;
+    assert_eq!(written.len(), 3, "{written:?}");
     Ok(())
 }

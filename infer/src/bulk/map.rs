@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
-use super::store::Objects;
+use super::store::{Object, Objects};
 use super::{Classify, ItemError, Record};
 
 /// Classes per record when `BatchInput` does not say.
@@ -133,13 +133,8 @@ impl Worker {
                 let classify = Arc::clone(&self.classify);
                 let objects = Arc::clone(&objects);
                 tasks.spawn(async move {
-                    let outcome = async {
-                        classify.check_size(item.size)?;
-                        let bytes = objects.read(&item.key, classify.max_bytes()).await?;
-                        classify.classify(bytes, top_k).await
-                    }
-                    .await;
-                    (i, Record::new(item.key, item.etag, outcome))
+                    let object = Object::s3(item.key, item.etag, item.size);
+                    (i, classify.object(&objects, object, top_k).await)
                 });
             }
             match tasks.join_next().await {

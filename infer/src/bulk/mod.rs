@@ -1,11 +1,11 @@
 //! Classifying many stored images: every object under an `s3://bucket/prefix/` or a local
 //! folder, with the server's preprocessing and limits, one JSON Lines record per object.
 //!
-//! - [`store`]: listing and reading the objects (S3 or a folder).
-//! - [`output`]: the JSON Lines output (stdout, a file or an S3 object), with the keys already
-//!   there for resuming.
-//! - [`run`]: `infer predict` over a folder or prefix: bounded concurrency, a progress bar,
-//!   resume, Ctrl-C.
+//! - [`store`]: listing and reading the objects (S3, a folder, or image files named one by one).
+//! - [`output`]: the JSON Lines output (stdout, a file, an S3 object as a multipart upload, or
+//!   memory), with the earlier records that still hold for resuming.
+//! - [`run`]: `infer predict` over a folder, a prefix or image files: bounded concurrency, a
+//!   progress bar, resume, Ctrl-C and SIGTERM.
 //! - [`map`]: the same classification as a Step Functions Distributed Map worker on Lambda.
 //!
 //! An object that cannot be read or is not an image becomes a record with an `error`; it never
@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::model::{Classifier, ModelError, ModelInfo};
 use crate::preprocess::{Normalisation, PreprocessError, preprocess_into};
 use crate::scores::{Scored, top_k};
+use store::{Object, Objects};
 
 /// Objects in flight at once, by default: enough to hide S3's per-request latency behind the
 /// decoding and model runs of the others.
@@ -35,9 +36,10 @@ pub const DEFAULT_CONCURRENCY: usize = 32;
 /// One line of the output: a prediction, or the reason there is none.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record {
-    /// The object's key (S3), or its path relative to the folder.
+    /// The object's key (S3), or its path relative to the folder (or as given, for image files
+    /// named one by one), escaped as [`store::escape`] does.
     pub key: String,
-    /// The S3 ETag as listed (with its quotes); `None` for files.
+    /// The S3 ETag (with its quotes) of the bytes classified; `None` for files.
     pub etag: Option<String>,
     pub label: Option<String>,
     pub class_id: Option<usize>,
@@ -127,6 +129,22 @@ impl Classify {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Reads and classifies one listed object: its record, with an `error` when it could not be
+    /// read or classified.
+    pub async fn object(&self, objects: &Objects, object: Object, k: usize) -> Record {
+        let mut etag = object.etag.clone();
+        let outcome = async {
+            self.check_size(object.size)?;
+            let read = objects.read(&object, self.max_bytes()).await?;
+            if read.etag.is_some() {
+                etag = read.etag;
+            }
+            self.classify(read.bytes, k).await
+        }
+        .await;
+        Record::new(object.key, etag, outcome)
     }
 
     /// The `k` most probable classes for one image (`k` is clamped to 1..=classes).

@@ -1,16 +1,19 @@
-//! `infer predict` over a folder or S3 prefix: list, skip what the output already holds, classify
-//! the rest with at most `concurrency` objects in flight (each being read, decoded, or queued for
-//! the micro-batching engine), write each record as it completes, and show progress.
+//! `infer predict` over a folder, an S3 prefix or image files: list, skip what the output already
+//! holds, classify the rest with at most `concurrency` objects in flight (each being read,
+//! decoded, or queued for the micro-batching engine), write each record as it completes, and
+//! show progress. Ctrl-C or SIGTERM stops the listing of new work: the objects in flight are
+//! finished and written, and the output is completed with every record so far.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinSet;
 
+use super::Classify;
 use super::output::Output;
-use super::store::{Object, Objects, StoreError};
-use super::{Classify, Record};
+use super::store::{Objects, StoreError};
 
 /// How the run goes.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +24,8 @@ pub struct Options {
     pub top_k: usize,
     /// Draw the progress bar (on stderr; indicatif hides it when stderr is not a terminal).
     pub progress: bool,
+    /// Classify again the objects whose earlier record has an error.
+    pub retry_failed: bool,
 }
 
 /// What a run did.
@@ -30,6 +35,9 @@ pub struct Summary {
     pub listed: usize,
     /// Of those, already in the output.
     pub skipped: usize,
+    /// Of those to classify, the ones whose earlier record was dropped (it had an error, or the
+    /// object has changed since).
+    pub redone: usize,
     /// Records written with a prediction.
     pub classified: usize,
     /// Records written with an error.
@@ -51,9 +59,10 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} listed, {} skipped (already in the output), {} classified, {} failed, in {:.2} s ({:.1} images/s){}",
+            "{} listed, {} skipped (already in the output), {} redone (failed or changed since), {} classified, {} failed, in {:.2} s ({:.1} images/s){}",
             self.listed,
             self.skipped,
+            self.redone,
             self.classified,
             self.failed,
             self.elapsed.as_secs_f64(),
@@ -67,8 +76,32 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Classifies every object of `objects` not yet in `output`. Objects that fail become records
-/// with an `error`; only listing or writing the output stops the run.
+/// Ctrl-C and SIGTERM, handled from the start of a run (before the listing), so that neither
+/// ends the process while records are being written.
+struct Stop {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Stop {
+    fn new() -> Result<Self, StoreError> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).map_err(StoreError::Signal)?,
+            terminate: signal(SignalKind::terminate()).map_err(StoreError::Signal)?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Classifies every object of `objects` not yet in `output` ([`Output::resume`]). Objects that
+/// fail become records with an `error`; only listing or writing the output stops the run (the
+/// caller then aborts the output).
 pub async fn run(
     classify: Arc<Classify>,
     objects: Objects,
@@ -76,11 +109,12 @@ pub async fn run(
     options: Options,
 ) -> Result<Summary, StoreError> {
     let started = Instant::now();
+    let mut stop = Stop::new()?;
     let listed = objects.list(output.location()).await?;
     let total = listed.len();
-    let todo: Vec<Object> = listed.into_iter().filter(|o| !output.done().contains(&o.key)).collect();
-    let skipped = total - todo.len();
-    tracing::info!(listed = total, skipped, to_classify = todo.len(), "listed");
+    let resume = output.resume(listed, options.retry_failed).await?;
+    let (todo, skipped, redone) = (resume.todo, resume.skipped, resume.redone);
+    tracing::info!(listed = total, skipped, redone, to_classify = todo.len(), "listed");
 
     let bar = ProgressBar::with_draw_target(
         Some(todo.len() as u64),
@@ -103,48 +137,42 @@ pub async fn run(
     let mut summary = Summary {
         listed: total,
         skipped,
+        redone,
         classified: 0,
         failed: 0,
         elapsed: Duration::ZERO,
         interrupted: false,
     };
-    let interrupt = tokio::signal::ctrl_c();
-    tokio::pin!(interrupt);
     loop {
         while !summary.interrupted && tasks.len() < concurrency {
             let Some(object) = pending.next() else { break };
-            tasks.spawn(one(Arc::clone(&classify), Arc::clone(&objects), object, options.top_k));
+            let (classify, objects) = (Arc::clone(&classify), Arc::clone(&objects));
+            let top_k = options.top_k;
+            tasks.spawn(async move { classify.object(&objects, object, top_k).await });
         }
         let joined = tokio::select! {
             joined = tasks.join_next() => joined,
-            _ = &mut interrupt, if !summary.interrupted => {
+            name = stop.recv(), if !summary.interrupted => {
                 summary.interrupted = true;
+                tracing::info!("{name}: finishing the images in flight, then the output");
                 bar.set_message("interrupted: finishing the images in flight");
                 continue;
             }
         };
         let Some(joined) = joined else { break };
-        // `one` does not panic; a task that did anyway leaves its object for the next run.
+        // `Classify::object` does not panic; a task that did anyway leaves its object for the
+        // next run.
         let Ok(record) = joined else { continue };
         if record.error.is_some() {
             summary.failed += 1;
         } else {
             summary.classified += 1;
         }
-        output.write(&record)?;
+        output.write(&record).await?;
+        tracing::debug!(key = %record.key, "recorded");
         bar.inc(1);
     }
     bar.finish_and_clear();
     summary.elapsed = started.elapsed();
     Ok(summary)
-}
-
-async fn one(classify: Arc<Classify>, objects: Arc<Objects>, object: Object, top_k: usize) -> Record {
-    let outcome = async {
-        classify.check_size(object.size)?;
-        let bytes = objects.read(&object.key, classify.max_bytes()).await?;
-        classify.classify(bytes, top_k).await
-    }
-    .await;
-    Record::new(object.key, object.etag, outcome)
 }

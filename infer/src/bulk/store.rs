@@ -1,6 +1,8 @@
 //! Where the images come from: every object under `s3://bucket/prefix` or every file under a
 //! folder, listed and read with the size limit.
 
+use std::collections::{HashSet, VecDeque};
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,8 @@ pub enum StoreError {
         uri: String,
         reason: String,
     },
+    #[error("installing the Ctrl-C/SIGTERM handler: {0}")]
+    Signal(#[source] std::io::Error),
 }
 
 /// An S3 call's failure with the SDK's whole error chain (its `Display` alone says only "service
@@ -89,12 +93,36 @@ pub(super) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Er
 /// One object to classify, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
+    /// The S3 key; for a file, its path (relative to the folder) as [`escape`] writes it.
     pub key: String,
     pub etag: Option<String>,
     pub size: Option<u64>,
+    /// A file's path as the file system names it (relative to the folder): the key is only
+    /// its printable form. `None` for S3.
+    pub path: Option<PathBuf>,
 }
 
-/// The objects under a folder or an S3 prefix.
+impl Object {
+    /// An S3 object as listed.
+    pub fn s3(key: String, etag: Option<String>, size: Option<u64>) -> Self {
+        Self {
+            key,
+            etag,
+            size,
+            path: None,
+        }
+    }
+}
+
+/// An object's bytes and the ETag of exactly those bytes (S3 only), which may be newer than the
+/// listed one when the object was overwritten in between.
+#[derive(Debug)]
+pub struct Read {
+    pub bytes: Vec<u8>,
+    pub etag: Option<String>,
+}
+
+/// The objects under a folder or an S3 prefix, or image files named one by one.
 #[derive(Debug, Clone)]
 pub enum Objects {
     S3 {
@@ -103,6 +131,28 @@ pub enum Objects {
         prefix: String,
     },
     Folder(PathBuf),
+    Files(Vec<PathBuf>),
+}
+
+/// A file name as a record's key: UTF-8 as it is, with each byte that is not UTF-8 written
+/// `\xNN` and a backslash written `\\`, so that two names never give one key (a name that
+/// differs from another only in bytes that are not UTF-8 included).
+pub fn escape(name: &OsStr) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.as_encoded_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
 }
 
 impl Objects {
@@ -142,11 +192,11 @@ impl Objects {
                         if key.ends_with('/') || Some(key) == skip_key {
                             continue;
                         }
-                        objects.push(Object {
-                            key: key.to_owned(),
-                            etag: object.e_tag().map(str::to_owned),
-                            size: object.size().and_then(|s| u64::try_from(s).ok()),
-                        });
+                        objects.push(Object::s3(
+                            key.to_owned(),
+                            object.e_tag().map(str::to_owned),
+                            object.size().and_then(|s| u64::try_from(s).ok()),
+                        ));
                     }
                     token = page.next_continuation_token().map(str::to_owned);
                     if token.is_none() {
@@ -170,34 +220,75 @@ impl Objects {
                         source: std::io::Error::other(e),
                     })?
             }
+            // In the order given; reading a missing or unreadable file gives its record an error.
+            Self::Files(paths) => Ok(paths
+                .iter()
+                .map(|path| Object {
+                    key: escape(path.as_os_str()),
+                    etag: None,
+                    size: std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len()),
+                    path: Some(path.clone()),
+                })
+                .collect()),
         }
     }
 
     /// The object's bytes; one over `max_bytes` is refused before it is read.
-    pub async fn read(&self, key: &str, max_bytes: usize) -> Result<Vec<u8>, ItemError> {
-        match self {
-            Self::S3 { client, bucket, .. } => read_s3(client, bucket, key, max_bytes).await,
-            Self::Folder(root) => {
-                let path = root.join(key);
-                tokio::task::spawn_blocking(move || read_file(&path, max_bytes))
-                    .await
-                    .map_err(|_| ItemError::Task("reading"))?
-            }
-        }
+    pub async fn read(&self, object: &Object, max_bytes: usize) -> Result<Read, ItemError> {
+        let path = match (self, &object.path) {
+            (Self::S3 { client, bucket, .. }, _) => return read_s3(client, bucket, &object.key, max_bytes).await,
+            (Self::Folder(root), Some(path)) => root.join(path),
+            (Self::Files(_), Some(path)) => path.clone(),
+            (Self::Folder(root), None) => root.join(&object.key),
+            (Self::Files(_), None) => PathBuf::from(&object.key),
+        };
+        let bytes = tokio::task::spawn_blocking(move || read_file(&path, max_bytes))
+            .await
+            .map_err(|_| ItemError::Task("reading"))??;
+        Ok(Read { bytes, etag: None })
     }
 }
 
+/// What tells two paths to one directory apart from two directories: device and inode.
+#[cfg(unix)]
+fn dir_id(meta: &std::fs::Metadata, _path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+#[cfg(not(unix))]
+fn dir_id(_meta: &std::fs::Metadata, path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_owned())
+}
+
+/// Every file under `root`, symbolic links followed, each directory listed once however many
+/// links lead to it (a link back up the tree would otherwise list it again at every level,
+/// until the path grows too long). Entries are visited in name order, breadth first, so the
+/// shortest path to a directory is the one its files are listed under.
 fn walk(root: &Path, skip: Option<&Path>) -> Result<Vec<Object>, StoreError> {
     let mut objects = Vec::new();
-    let mut folders = vec![root.to_owned()];
-    while let Some(folder) = folders.pop() {
+    let root_meta = std::fs::metadata(root).map_err(io_err("listing", root))?;
+    let mut seen = HashSet::from([dir_id(&root_meta, root)]);
+    let mut folders = VecDeque::from([PathBuf::new()]);
+    while let Some(relative) = folders.pop_front() {
+        let folder = root.join(&relative);
+        let mut names = Vec::new();
         for entry in std::fs::read_dir(&folder).map_err(io_err("listing", &folder))? {
-            let path = entry.map_err(io_err("listing", &folder))?.path();
+            names.push(entry.map_err(io_err("listing", &folder))?.file_name());
+        }
+        names.sort_unstable();
+        for name in names {
+            let relative = relative.join(name);
+            let path = root.join(&relative);
             // A broken link or an unreadable entry is listed all the same: reading it gives its
             // record an error, instead of ending the listing.
             let size = match std::fs::metadata(&path) {
                 Ok(meta) if meta.is_dir() => {
-                    folders.push(path);
+                    if seen.insert(dir_id(&meta, &path)) {
+                        folders.push_back(relative);
+                    } else {
+                        tracing::info!(folder = %path.display(), "a link to a folder listed already: skipped");
+                    }
                     continue;
                 }
                 Ok(meta) => Some(meta.len()),
@@ -206,15 +297,17 @@ fn walk(root: &Path, skip: Option<&Path>) -> Result<Vec<Object>, StoreError> {
             if skip.is_some() && path.canonicalize().ok().as_deref() == skip {
                 continue;
             }
-            let Ok(relative) = path.strip_prefix(root) else {
-                continue;
-            };
             let key = relative
                 .components()
-                .map(|c| c.as_os_str().to_string_lossy())
+                .map(|c| escape(c.as_os_str()))
                 .collect::<Vec<_>>()
                 .join("/");
-            objects.push(Object { key, etag: None, size });
+            objects.push(Object {
+                key,
+                etag: None,
+                size,
+                path: Some(relative),
+            });
         }
     }
     objects.sort_by(|a, b| a.key.cmp(&b.key));
@@ -247,7 +340,7 @@ pub(super) async fn read_s3(
     bucket: &str,
     key: &str,
     max_bytes: usize,
-) -> Result<Vec<u8>, ItemError> {
+) -> Result<Read, ItemError> {
     let uri = || format!("s3://{bucket}/{key}");
     let object = crate::s3::request(client, bucket, key)
         .await
@@ -263,11 +356,15 @@ pub(super) async fn read_s3(
     {
         return Err(ItemError::TooLarge { size, limit: max_bytes });
     }
+    let etag = object.e_tag().map(str::to_owned);
     let body = object.body.collect().await.map_err(|e| ItemError::Read {
         uri: uri(),
         reason: format!("reading the body: {e}"),
     })?;
-    Ok(body.into_bytes().to_vec())
+    Ok(Read {
+        bytes: body.into_bytes().to_vec(),
+        etag,
+    })
 }
 
 #[cfg(test)]
@@ -291,5 +388,18 @@ mod tests {
         for bad in ["s3://", "s3:///k", "http://x/y", ""] {
             assert!(Location::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn escaped_names_keep_utf8_and_never_collide() {
+        use std::os::unix::ffi::OsStrExt;
+        let key = |b: &[u8]| escape(OsStr::from_bytes(b));
+        assert_eq!(key("chat-été.png".as_bytes()), "chat-été.png");
+        assert_eq!(key(b"caf\xe9.png"), "caf\\xe9.png");
+        assert_ne!(key(b"caf\xe9.png"), key(b"caf\xe8.png"));
+        // The escape itself, spelt out in a UTF-8 name, is not the escaped byte.
+        assert_eq!(key(b"caf\\xe9.png"), "caf\\\\xe9.png");
+        assert_ne!(key(b"caf\\xe9.png"), key(b"caf\xe9.png"));
     }
 }

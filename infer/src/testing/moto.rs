@@ -28,6 +28,11 @@ pub enum MotoError {
     },
 }
 
+/// The dummy account's credential: moto reads the account from the header and does not check
+/// the signature.
+const AUTHORIZATION: &str =
+    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
+
 /// A running `moto_server`.
 #[derive(Debug)]
 pub struct Moto {
@@ -86,14 +91,18 @@ impl Moto {
         self.put(bucket, b"").map(|_| ())
     }
 
-    /// Puts `body` at `bucket/key` and returns the ETag S3 gave it (with its quotes).
+    /// Puts `body` at `bucket/key` and returns the ETag S3 gave it (with its quotes). As the
+    /// SDK's (dummy) account, which may then overwrite it: moto refuses anonymous overwrites.
     pub fn put(&self, path: &str, body: &[u8]) -> Result<String, MotoError> {
         let url = format!("{}/{path}", self.endpoint);
-        let response = ureq::put(&url).send(body).map_err(|e| MotoError::Http {
-            method: "PUT",
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        let response = ureq::put(&url)
+            .header("Authorization", AUTHORIZATION)
+            .send(body)
+            .map_err(|e| MotoError::Http {
+                method: "PUT",
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(response
             .headers()
             .get("etag")
@@ -113,10 +122,7 @@ impl Moto {
         // Objects the SDK wrote belong to its (dummy) account, and moto refuses them to anonymous
         // readers; it reads the account from the header and does not check the signature.
         let mut response = ureq::get(&url)
-            .header(
-                "Authorization",
-                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
-            )
+            .header("Authorization", AUTHORIZATION)
             .call()
             .map_err(http)?;
         response
