@@ -23,7 +23,10 @@ translator, boto3 and moto, pinned in xtask/src/tools.rs). Every step must pass:
    that policy loads `s3://bucket/key` with its sidecar and without it. The same policy without
    the sidecar statement must make the load fail, or this check proves nothing.
 5. The smoke test (`infra/smoke.sh`) against a local `infer serve` passes with the model's
-   sha256 and fails with another one.
+   sha256 and fails with another one. Its signed path (AWS_IAM) passes through a loopback
+   function URL (function_url.py) that recomputes each SigV4 signature with botocore and
+   requires both invoke actions of the staging role's policy on the alias; a wrong secret, no
+   signature, or the policy with InvokeFunction denied must be refused.
 
 Usage: rehearse.py --infer target/debug/infer --package target/lambda/infer-arm64.zip [--only STEP ...]
 """
@@ -45,6 +48,7 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import function_url
 import release_roles
 import sam_transform
 import workflow_jobs
@@ -379,10 +383,8 @@ def workflow_paths() -> None:
         raise Failed(str(e)) from e
 
 
-@step("each deploy role, as IAM evaluates it: everything its job calls, nothing of the other environment")
-def deploy_roles() -> None:
-    roles = bootstrap_roles()
-    template = yaml_parse(TEMPLATE.read_text())
+def deploy_jobs(roles: release_roles.Roles) -> dict[str, tuple[str, str]]:
+    """environment -> (the role its deploy job assumes, the job's scripts), over every path."""
     jobs = {}
     for what, workflow, event, ref, inputs, fail, _ in workflow_jobs.PATHS:
         github = workflow_jobs.github_context(event, ref, workflow)
@@ -393,6 +395,14 @@ def deploy_roles() -> None:
                 jobs.setdefault(job.environment, (role, job.scripts))
     if set(jobs) != {"staging", "production"}:
         raise Failed(f"no path runs a staging and a production job that assume a role: {sorted(jobs)}")
+    return jobs
+
+
+@step("each deploy role, as IAM evaluates it: everything its job calls, nothing of the other environment")
+def deploy_roles() -> None:
+    roles = bootstrap_roles()
+    template = yaml_parse(TEMPLATE.read_text())
+    jobs = deploy_jobs(roles)
     try:
         for line in release_roles.check(jobs, INFRA, template, roles, REGION, ACCOUNT):
             print(f"rehearsal:   {line}")
@@ -580,6 +590,60 @@ def smoke(infer: Path) -> None:
         stop(proc)
 
 
+@step("smoke.sh's signed path (AWS_IAM) through a function URL that checks SigV4 and the staging role's policy")
+def signed_smoke(infer: Path) -> None:
+    roles = bootstrap_roles()
+    role, _ = deploy_jobs(roles)["staging"]
+    policies = roles.policies(role)
+    stack = release_roles.samconfig(INFRA)["staging"]["global"]["parameters"]["stack_name"]
+    alias = release_roles.alias_arn(yaml_parse(TEMPLATE.read_text()), stack, REGION, ACCOUNT)
+    # The control: the same policies with InvokeFunction denied must be refused.
+    denied = policies + [{"Statement": [{"Effect": "Deny", "Action": "lambda:InvokeFunction", "Resource": "*"}]}]
+    secret, token = "rehearsal-secret", "rehearsal-session-token"
+    digest = hashlib.sha256(MODEL.read_bytes()).hexdigest()
+    env = dict(os.environ)
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_DEFAULT_REGION"):
+        env.pop(name, None)
+    env.update(AWS_REGION=REGION, EXPECTED_SHA256=digest, MIN_CORRECT="14")
+    proc, port = serve(infer, str(MODEL), dict(os.environ))
+    url = function_url.FunctionUrl(
+        f"http://127.0.0.1:{port}",
+        REGION,
+        alias,
+        {"AKIAROLE": (secret, token, policies), "AKIADENIED": (secret, token, denied)},
+    )
+
+    def smoke_as(key: str, key_secret: str, auth: str = "AWS_IAM") -> subprocess.CompletedProcess:
+        creds = dict(env, AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=key_secret, AWS_SESSION_TOKEN=token)
+        return subprocess.run([str(INFRA / "smoke.sh"), url.url, auth], env=creds, capture_output=True, text=True)
+
+    try:
+        if proc.poll() is not None:
+            raise Failed(f"infer serve stopped: {stop(proc)}")
+        ok = smoke_as("AKIAROLE", secret)
+        if ok.returncode != 0:
+            raise Failed(
+                f"smoke.sh AWS_IAM with {role}'s policy was refused: {function_url.describe(url.refusals)}\n{ok.stderr[-1000:]}"
+            )
+        if url.forwarded < 21:
+            raise Failed(f"only {url.forwarded} signed requests reached infer; smoke.sh sends 21")
+        for key, key_secret, auth, why in (
+            ("AKIAROLE", "wrong-secret", "AWS_IAM", "signature does not match"),
+            ("AKIADENIED", secret, "AWS_IAM", "lambda:InvokeFunction"),
+            ("AKIAROLE", secret, "NONE", "no SigV4 Authorization header"),
+        ):
+            url.refusals.clear()
+            bad = smoke_as(key, key_secret, auth)
+            if bad.returncode == 0 or not any(why in r for r in url.refusals):
+                raise Failed(
+                    f"smoke.sh {auth} as {key} (secret {key_secret}) was not refused for {why!r} "
+                    f"(exit {bad.returncode}, refusals {function_url.describe(url.refusals)}): this check would not notice"
+                )
+    finally:
+        url.close()
+        stop(proc)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--infer", type=Path, required=True, help="an x86-64 infer binary")
@@ -592,6 +656,7 @@ def main() -> int:
         "deploy_roles": deploy_roles,
         "role_loads_model": lambda: role_loads_model(args.infer),
         "smoke": lambda: smoke(args.infer),
+        "signed_smoke": lambda: signed_smoke(args.infer),
     }
     parser.add_argument("--only", nargs="+", choices=list(steps), help="run just these steps")
     args = parser.parse_args()

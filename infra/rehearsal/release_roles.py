@@ -69,10 +69,20 @@ def samconfig(infra: Path) -> dict:
     return tomllib.loads((infra / "samconfig.toml").read_text())
 
 
+def function_arn(template: dict, stack: str, region: str, account: str) -> str:
+    """The stack's function (template.yaml names it after the stack)."""
+    name = template["Resources"]["ZipFunction"]["Properties"]["FunctionName"]["Fn::Sub"]
+    return f"arn:aws:lambda:{region}:{account}:function:{name.replace('${AWS::StackName}', stack)}"
+
+
+def alias_arn(template: dict, stack: str, region: str, account: str) -> str:
+    """The alias the stack's endpoint calls: what an AWS_IAM function URL authorizes against."""
+    return f"{function_arn(template, stack, region, account)}:{template['Globals']['Function']['AutoPublishAlias']}"
+
+
 def needs(scripts: str, infra: Path, template: dict, roles: Roles, region: str, account: str) -> list[tuple]:
     """(action, resource, condition context) for every AWS call the job's commands make."""
     config = samconfig(infra)
-    function_name = template["Resources"]["ZipFunction"]["Properties"]["FunctionName"]["Fn::Sub"]
     alias = template["Globals"]["Function"]["AutoPublishAlias"]
     cfn = f"arn:aws:cloudformation:{region}:{account}"
     lam = f"arn:aws:lambda:{region}:{account}:function"
@@ -89,7 +99,7 @@ def needs(scripts: str, infra: Path, template: dict, roles: Roles, region: str, 
         out.append(("s3:PutObject", f"arn:aws:s3:::{bucket}/{prefix}/0123456789abcdef0123456789abcdef", {}))
     for stack in re.findall(r"infra/smoke-stack\.sh ([\w-]+)", scripts):
         out.append(("cloudformation:DescribeStacks", f"{cfn}:stack/{stack}/0a1b2c3d-0000-0000-0000-000000000000", {}))
-        qualified = f"{lam}:{function_name.replace('${AWS::StackName}', stack)}:{alias}"
+        qualified = alias_arn(template, stack, region, account)
         out.append(("lambda:InvokeFunctionUrl", qualified, {"lambda:FunctionUrlAuthType": "AWS_IAM"}))
         out.append(("lambda:InvokeFunction", qualified, {}))
     for verb, function in re.findall(r"aws lambda (get-alias|update-alias) --function-name ([\w-]+)", scripts):
