@@ -331,3 +331,34 @@ def condition(value) -> tuple:
     if not calls(node) & set(STATUS_FUNCTIONS):
         node = ("and", ("call", "success", []), node)
     return node
+
+
+# Examples from GitHub's "Evaluate expressions" page, with what it says they give: a check that
+# this model still reads the language as documented (workflow_jobs relies on each rule).
+DOCUMENTED = [
+    ("contains('Hello world', 'llo')", {}, True),
+    ("startsWith('Hello world', 'He')", {}, True),
+    ("endsWith('Hello world', 'ld')", {}, True),
+    ("format('Hello {0} {1} {2}', 'Mona', 'the', 'Octocat')", {}, "Hello Mona the Octocat"),
+    ("contains(github.event.issue.labels.*.name, 'bug')", {"github": {"event": {"issue": {"labels": [{"name": "bug"}]}}}}, True),
+    ("join(github.event.issue.labels.*.name, ', ')", {"github": {"event": {"issue": {"labels": [{"name": "a"}, {"name": "b"}]}}}}, "a, b"),
+    # The ternary idiom: && and || give an operand, not a boolean.
+    ("github.ref == 'refs/heads/main' && 'main' || 'other'", {"github": {"ref": "refs/heads/dev"}}, "other"),
+    # Strings compare ignoring case; mismatched types become numbers (null and '' are 0).
+    ("'ABC' == 'abc'", {}, True),
+    ("inputs.missing == ''", {"inputs": {}}, True),
+    ("'1' == 1", {}, True),
+    ("!null", {}, True),
+]
+
+
+def check_documented() -> list[str]:
+    """The examples this evaluator gets wrong (empty when it reads them as documented)."""
+    wrong = []
+    for text, contexts, want in DOCUMENTED:
+        got = evaluate(parse(text), contexts)
+        if got != want or type(got) is not type(want):
+            wrong.append(f"{text} gave {got!r}, GitHub documents {want!r}")
+    if calls(condition("github.event_name == 'push'")) != {"success"}:
+        wrong.append("an if without a status function did not get success()")
+    return wrong

@@ -138,3 +138,36 @@ def decide(
                     return EXPLICIT_DENY
                 allowed = True
     return ALLOW if allowed else IMPLICIT_DENY
+
+
+# Rules from AWS's "Policy evaluation logic" and "IAM JSON policy elements" pages, as cases:
+# a check that this model still decides as documented.
+_ARN = "arn:aws:lambda:us-east-1:123456789012:function:f:live"
+DOCUMENTED = [
+    # Action names are case-insensitive; wildcards match within and across segments.
+    ([{"Statement": [{"Effect": "Allow", "Action": "LAMBDA:invokefunction", "Resource": _ARN}]}], "lambda:InvokeFunction", _ARN, {}, ALLOW),
+    ([{"Statement": [{"Effect": "Allow", "Action": "lambda:Invoke*", "Resource": "arn:aws:lambda:*:*:function:f*"}]}], "lambda:InvokeFunctionUrl", _ARN, {}, ALLOW),
+    # Resources are case-sensitive.
+    ([{"Statement": [{"Effect": "Allow", "Action": "lambda:*", "Resource": _ARN.upper()}]}], "lambda:InvokeFunction", _ARN, {}, IMPLICIT_DENY),
+    # An explicit Deny overrides any Allow.
+    (
+        [{"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}, {"Effect": "Deny", "Action": "lambda:InvokeFunction", "Resource": "*"}]}],
+        "lambda:InvokeFunction", _ARN, {}, EXPLICIT_DENY,
+    ),
+    # A condition key missing from the request: false, but true for a negated operator.
+    ([{"Statement": [{"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*", "Condition": {"StringEquals": {"iam:PassedToService": "x"}}}]}], "iam:PassRole", "r", {}, IMPLICIT_DENY),
+    ([{"Statement": [{"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*", "Condition": {"StringNotEquals": {"iam:PassedToService": "x"}}}]}], "iam:PassRole", "r", {}, ALLOW),
+    # Condition key names are case-insensitive; several values of one key are ORed.
+    ([{"Statement": [{"Effect": "Allow", "Action": "s:A", "Resource": "*", "Condition": {"StringEquals": {"K:Sub": ["a", "b"]}}}]}], "s:A", "r", {"k:sub": "b"}, ALLOW),
+    # NotAction: the statement covers every other action.
+    ([{"Statement": [{"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}]}], "iam:PassRole", "r", {}, IMPLICIT_DENY),
+]
+
+
+def check_documented() -> list[str]:
+    wrong = []
+    for policies, action, resource, context, want in DOCUMENTED:
+        got = decide(policies, action, resource, context)
+        if got != want:
+            wrong.append(f"{action} on {resource} with {context}: {got}, IAM documents {want}")
+    return wrong

@@ -375,6 +375,9 @@ def workflow_vars(roles: release_roles.Roles) -> dict:
 
 @step("every workflow path under GitHub's job rules: push, pull request, train, by hand; each job's role trusts its token")
 def workflow_paths() -> None:
+    wrong = workflow_jobs.gha_expr.check_documented() + release_roles.iam_policy.check_documented()
+    if wrong:
+        raise Failed("the models of GitHub's expressions and IAM's evaluation disagree with the docs:\n" + "\n".join(wrong))
     roles = bootstrap_roles()
     try:
         for line in workflow_jobs.check(ROOT, workflow_vars(roles), roles.admits):
