@@ -14,6 +14,10 @@ status check functions; "Reuse workflows"):
   `github` context), with `inputs` from `with:` over the `workflow_call` defaults; a
   `workflow_dispatch` run's `inputs` hold only the dispatch inputs (others are null); the called
   jobs' GITHUB_TOKEN permissions can only be lowered from the calling job's.
+Sources: docs.github.com/en/actions/reference/workflows-and-actions/workflow-syntax
+(#jobsjob_idneeds, #jobsjob_idif), .../reference/workflows-and-actions/expressions
+(#status-check-functions), .../how-tos/reuse-automations/reuse-workflows, and for the OIDC
+claims .../reference/security/oidc (the `sub` formats per environment, pull request and ref).
 """
 
 from __future__ import annotations
