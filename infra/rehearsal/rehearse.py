@@ -12,16 +12,23 @@ translator, boto3 and moto, pinned in xtask/src/tools.rs). Every step must pass:
    parameter, publishes two different Lambda versions; the same release, the same version.
 3. The release path: production shifts traffic by canary and staging all at once, CodeDeploy
    rolls back on the errors, 5xx and duration alarms, every alarm notifies the stack's topic,
-   the function URL needs IAM by default, and deploy.yml deploys and smoke-tests staging before
-   production.
+   the function URL needs IAM by default. The workflows (workflow_jobs.py): every way a release
+   starts (push to main, pull request, train.yml, deploy.yml by hand, and with a job failing)
+   runs the jobs a release needs, in order, under GitHub's documented rules for needs, if and
+   skipped jobs, and each job's OIDC token is one its role's trust policy admits. The deploy
+   roles (release_roles.py), as IAM evaluates them, allow every call of their job (both invoke
+   actions of an AWS_IAM function URL among them) and nothing of the other environment.
 4. The function role: the policy the transformed template gives the role, resolved for a
    model key, is enforced by moto with IAM on; `infer serve` with credentials bound to exactly
    that policy loads `s3://bucket/key` with its sidecar and without it. The same policy without
    the sidecar statement must make the load fail, or this check proves nothing.
 5. The smoke test (`infra/smoke.sh`) against a local `infer serve` passes with the model's
-   sha256 and fails with another one.
+   sha256 and fails with another one. Its signed path (AWS_IAM) passes through a loopback
+   function URL (function_url.py) that recomputes each SigV4 signature with botocore and
+   requires both invoke actions of the staging role's policy on the alias; a wrong secret, no
+   signature, or the policy with InvokeFunction denied must be refused.
 
-Usage: rehearse.py --infer target/debug/infer --package target/lambda/infer-arm64.zip
+Usage: rehearse.py --infer target/debug/infer --package target/lambda/infer-arm64.zip [--only STEP ...]
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import function_url
+import release_roles
 import sam_transform
-import yaml
+import workflow_jobs
 from samtranslator.yaml_helper import yaml_parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -333,6 +342,77 @@ def versions(package: Path) -> None:
         raise Failed("a release with another MemorySize keeps the old version")
 
 
+def bootstrap_roles() -> release_roles.Roles:
+    """infra/bootstrap.yaml resolved for a repository, with ARNs as IAM would name its resources."""
+    template = yaml_parse((INFRA / "bootstrap.yaml").read_text())
+    template["_values"] = {k: v.get("Default", "") for k, v in template["Parameters"].items()}
+    template["_values"]["GitHubRepository"] = workflow_jobs.REPOSITORY
+    physical = {}
+    for name, r in template["Resources"].items():
+        kind = r["Type"]
+        if kind == "AWS::IAM::Role":
+            physical[f"{name}.Arn"] = f"arn:aws:iam::{ACCOUNT}:role/{name}"
+        elif kind == "AWS::IAM::ManagedPolicy":
+            physical[name] = f"arn:aws:iam::{ACCOUNT}:policy/{name}"
+        elif kind == "AWS::IAM::OIDCProvider":
+            physical[name] = release_roles.FEDERATED.format(account=ACCOUNT)
+        elif kind == "AWS::S3::Bucket":
+            physical[name] = f"bootstrap-{name.lower()}"
+            physical[f"{name}.Arn"] = f"arn:aws:s3:::bootstrap-{name.lower()}"
+    resolver = Resolver(template, physical)
+    resources = {
+        name: resolver.resolve(r)
+        for name, r in template["Resources"].items()
+        if "Condition" not in r or resolver.condition(r["Condition"])
+    }
+    outputs = {name: resolver.resolve(o) for name, o in template["Outputs"].items()}
+    return release_roles.Roles(resources, outputs, ACCOUNT)
+
+
+def workflow_vars(roles: release_roles.Roles) -> dict:
+    return dict(roles.variables, AWS_REGION=REGION)
+
+
+@step("every workflow path under GitHub's job rules: push, pull request, train, by hand; each job's role trusts its token")
+def workflow_paths() -> None:
+    wrong = workflow_jobs.gha_expr.check_documented() + release_roles.iam_policy.check_documented()
+    if wrong:
+        raise Failed("the models of GitHub's expressions and IAM's evaluation disagree with the docs:\n" + "\n".join(wrong))
+    roles = bootstrap_roles()
+    try:
+        for line in workflow_jobs.check(ROOT, workflow_vars(roles), roles.admits):
+            print(f"rehearsal:   {line}")
+    except (workflow_jobs.Broken, release_roles.Broken) as e:
+        raise Failed(str(e)) from e
+
+
+def deploy_jobs(roles: release_roles.Roles) -> dict[str, tuple[str, str]]:
+    """environment -> (the role its deploy job assumes, the job's scripts), over every path."""
+    jobs = {}
+    for what, workflow, event, ref, inputs, fail, _ in workflow_jobs.PATHS:
+        github = workflow_jobs.github_context(event, ref, workflow)
+        run = workflow_jobs.simulate(ROOT, workflow, github, workflow_vars(roles), inputs, fail)
+        for job in run.jobs.values():
+            role = workflow_jobs.assumed_role(job)
+            if job.environment in ("staging", "production") and role:
+                jobs.setdefault(job.environment, (role, job.scripts))
+    if set(jobs) != {"staging", "production"}:
+        raise Failed(f"no path runs a staging and a production job that assume a role: {sorted(jobs)}")
+    return jobs
+
+
+@step("each deploy role, as IAM evaluates it: everything its job calls, nothing of the other environment")
+def deploy_roles() -> None:
+    roles = bootstrap_roles()
+    template = yaml_parse(TEMPLATE.read_text())
+    jobs = deploy_jobs(roles)
+    try:
+        for line in release_roles.check(jobs, INFRA, template, roles, REGION, ACCOUNT):
+            print(f"rehearsal:   {line}")
+    except release_roles.Broken as e:
+        raise Failed(str(e)) from e
+
+
 @step("the release path: canary with alarm rollback, alarms notify, IAM by default, staging first")
 def release_path(package: Path) -> None:
     prod = transformed({"ReleaseId": release_id(package, {}), "TrafficShift": "Canary10Percent5Minutes"})
@@ -371,18 +451,7 @@ def release_path(package: Path) -> None:
     if Resolver(staging, {}).resolve(group["Properties"]["DeploymentConfigName"]) != "CodeDeployDefault.LambdaAllAtOnce":
         raise Failed("staging does not deploy all at once")
 
-    workflow = yaml.safe_load((ROOT / ".github/workflows/deploy.yml").read_text())
-    jobs = workflow["jobs"]
-    if set(jobs) < {"staging", "production"}:
-        raise Failed(f"deploy.yml has no staging and production jobs: {sorted(jobs)}")
-    needs = jobs["production"].get("needs", [])
-    needs = [needs] if isinstance(needs, str) else needs
-    if "staging" not in needs:
-        raise Failed("production does not wait for staging in deploy.yml")
-    for name in ("staging", "production"):
-        scripts = "\n".join(s.get("run", "") for s in jobs[name]["steps"])
-        if "infra/deploy.sh deploy" not in scripts or "infra/smoke-stack.sh" not in scripts:
-            raise Failed(f"the {name} job does not deploy with infra/deploy.sh and smoke-test")
+    # Which jobs of deploy.yml run, and in which order: the workflow_paths step.
     if "EXPECTED_SHA256=" not in (INFRA / "smoke-stack.sh").read_text():
         raise Failed("smoke-stack.sh does not check the served model's sha256")
 
@@ -524,20 +593,83 @@ def smoke(infer: Path) -> None:
         stop(proc)
 
 
+@step("smoke.sh's signed path (AWS_IAM) through a function URL that checks SigV4 and the staging role's policy")
+def signed_smoke(infer: Path) -> None:
+    roles = bootstrap_roles()
+    role, _ = deploy_jobs(roles)["staging"]
+    policies = roles.policies(role)
+    stack = release_roles.samconfig(INFRA)["staging"]["global"]["parameters"]["stack_name"]
+    alias = release_roles.alias_arn(yaml_parse(TEMPLATE.read_text()), stack, REGION, ACCOUNT)
+    # The control: the same policies with InvokeFunction denied must be refused.
+    denied = policies + [{"Statement": [{"Effect": "Deny", "Action": "lambda:InvokeFunction", "Resource": "*"}]}]
+    secret, token = "rehearsal-secret", "rehearsal-session-token"
+    digest = hashlib.sha256(MODEL.read_bytes()).hexdigest()
+    env = dict(os.environ)
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_DEFAULT_REGION"):
+        env.pop(name, None)
+    env.update(AWS_REGION=REGION, EXPECTED_SHA256=digest, MIN_CORRECT="14")
+    proc, port = serve(infer, str(MODEL), dict(os.environ))
+    url = function_url.FunctionUrl(
+        f"http://127.0.0.1:{port}",
+        REGION,
+        alias,
+        {"AKIAROLE": (secret, token, policies), "AKIADENIED": (secret, token, denied)},
+    )
+
+    def smoke_as(key: str, key_secret: str, auth: str = "AWS_IAM") -> subprocess.CompletedProcess:
+        creds = dict(env, AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=key_secret, AWS_SESSION_TOKEN=token)
+        return subprocess.run([str(INFRA / "smoke.sh"), url.url, auth], env=creds, capture_output=True, text=True)
+
+    try:
+        if proc.poll() is not None:
+            raise Failed(f"infer serve stopped: {stop(proc)}")
+        ok = smoke_as("AKIAROLE", secret)
+        if ok.returncode != 0:
+            raise Failed(
+                f"smoke.sh AWS_IAM with {role}'s policy was refused: {function_url.describe(url.refusals)}\n{ok.stderr[-1000:]}"
+            )
+        if url.forwarded < 21:
+            raise Failed(f"only {url.forwarded} signed requests reached infer; smoke.sh sends 21")
+        for key, key_secret, auth, why in (
+            ("AKIAROLE", "wrong-secret", "AWS_IAM", "signature does not match"),
+            ("AKIADENIED", secret, "AWS_IAM", "lambda:InvokeFunction"),
+            ("AKIAROLE", secret, "NONE", "no SigV4 Authorization header"),
+        ):
+            url.refusals.clear()
+            bad = smoke_as(key, key_secret, auth)
+            if bad.returncode == 0 or not any(why in r for r in url.refusals):
+                raise Failed(
+                    f"smoke.sh {auth} as {key} (secret {key_secret}) was not refused for {why!r} "
+                    f"(exit {bad.returncode}, refusals {function_url.describe(url.refusals)}): this check would not notice"
+                )
+    finally:
+        url.close()
+        stop(proc)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--infer", type=Path, required=True, help="an x86-64 infer binary")
     parser.add_argument("--package", type=Path, required=True, help="the Lambda zip that ships")
+    steps = {
+        "sam_commands": lambda: sam_commands(args.package),
+        "versions": lambda: versions(args.package),
+        "release_path": lambda: release_path(args.package),
+        "workflow_paths": workflow_paths,
+        "deploy_roles": deploy_roles,
+        "role_loads_model": lambda: role_loads_model(args.infer),
+        "smoke": lambda: smoke(args.infer),
+        "signed_smoke": lambda: signed_smoke(args.infer),
+    }
+    parser.add_argument("--only", nargs="+", choices=list(steps), help="run just these steps")
     args = parser.parse_args()
     if not args.package.is_file():
         print(f"rehearsal: no package at {args.package}: run `cargo xtask package` first", file=sys.stderr)
         return 2
     try:
-        sam_commands(args.package)
-        versions(args.package)
-        release_path(args.package)
-        role_loads_model(args.infer)
-        smoke(args.infer)
+        for name, run_step in steps.items():
+            if not args.only or name in args.only:
+                run_step()
     except Failed as e:
         print(f"rehearsal: FAILED: {e}", file=sys.stderr)
         return 1
