@@ -41,7 +41,9 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import hook_run
 import sam_transform
+import stack_rules
 import yaml
 from samtranslator.yaml_helper import yaml_parse
 
@@ -424,6 +426,15 @@ def model_sha256(port: int) -> str:
         return json.load(reply)["sha256"]
 
 
+@step("the stack's own resources under AWS's rules: alarm topic, concurrency, API Gateway logging, canary, bulk worker")
+def own_rules(package: Path) -> None:
+    shifts = yaml_parse(TEMPLATE.read_text())["Parameters"]["TrafficShift"]["AllowedValues"]
+    try:
+        stack_rules.check(transformed, lambda t: Resolver(t, {}), INFRA / "bootstrap.yaml", shifts)
+    except stack_rules.Broken as e:
+        raise Failed(str(e)) from e
+
+
 @step("the function role's own policy, enforced by moto's IAM, lets infer load the model")
 def role_loads_model(infer: Path) -> None:
     key = "models/resnet18-cifar10.onnx"
@@ -502,6 +513,18 @@ def role_loads_model(infer: Path) -> None:
         moto.close()
 
 
+@step("the PreTraffic hook against infer in Lambda mode: Succeeded for the sidecar's model, Failed for another")
+def pre_traffic_hook(infer: Path) -> None:
+    moto = Moto()
+    try:
+        template = transformed({"ReleaseId": "x", "TrafficShift": "Canary10Percent5Minutes"})
+        hook_run.run(template, TEMPLATE, infer, MODEL, moto.endpoint, ROOT)
+    except hook_run.Broken as e:
+        raise Failed(str(e)) from e
+    finally:
+        moto.close()
+
+
 @step("smoke.sh passes against the model's sha256 and fails against another")
 def smoke(infer: Path) -> None:
     digest = hashlib.sha256(MODEL.read_bytes()).hexdigest()
@@ -536,8 +559,10 @@ def main() -> int:
         sam_commands(args.package)
         versions(args.package)
         release_path(args.package)
+        own_rules(args.package)
         role_loads_model(args.infer)
         smoke(args.infer)
+        pre_traffic_hook(args.infer)
     except Failed as e:
         print(f"rehearsal: FAILED: {e}", file=sys.stderr)
         return 1
