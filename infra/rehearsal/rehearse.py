@@ -20,6 +20,8 @@ translator, boto3 and moto, pinned in xtask/src/tools.rs). Every step must pass:
    the sidecar statement must make the load fail, or this check proves nothing.
 5. The smoke test (`infra/smoke.sh`) against a local `infer serve` passes with the model's
    sha256 and fails with another one.
+6. The stack's own resources under AWS's documented rules (stack_rules.py), and the PreTraffic
+   hook's code against `infer` in Lambda mode (hook_run.py); see those files.
 
 Usage: rehearse.py --infer target/debug/infer --package target/lambda/infer-arm64.zip
 """
