@@ -394,14 +394,17 @@ def check(transformed: Callable[[dict], dict], resolver: Callable[[dict], object
     staging = transformed(dict(shared, TrafficShift="AllAtOnce"))
     production = transformed(dict(shared, TrafficShift="Canary10Percent5Minutes"))
     apikey = transformed(dict(shared, TrafficShift="Canary10Percent5Minutes", AuthMode="API_KEY"))
-    rs, rp, ra = resolver(staging), resolver(production), resolver(apikey)
+    image = transformed(dict(shared, TrafficShift="Canary10Percent5Minutes", PackageType="Image", ImageUri="123456789012.dkr.ecr.us-east-1.amazonaws.com/infer:1"))
+    rs, rp, ra, ri = resolver(staging), resolver(production), resolver(apikey), resolver(image)
     rules = {
         "alarm topic": lambda: alarm_topic(production, rp),
         "concurrency": lambda: concurrency({"staging": (staging, rs), "production": (production, rp)}),
         "API Gateway logging role": lambda: api_gateway_logging(apikey, ra, bootstrap),
         "canary alarms": lambda: canary_alarms(production, rp, traffic_shifts),
         "pre-traffic hook": lambda: pre_traffic_hook(production, rp),
+        "pre-traffic hook (image)": lambda: pre_traffic_hook(image, ri),
         "bulk worker": lambda: bulk_worker(production, rp),
+        "bulk worker (image)": lambda: bulk_worker(image, ri),
     }
     failed = []
     for name, rule in rules.items():
