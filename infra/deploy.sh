@@ -28,9 +28,10 @@ region="${AWS_REGION:?AWS_REGION must name the region}"
 package="$(realpath -m "${PACKAGE:-${here}/../target/lambda/infer-arm64.zip}")"
 
 # SAM CLI wants a repository for every image function in the template, conditions
-# notwithstanding. ImageFunction's image is built and pushed outside SAM (its ImageUri is a
-# parameter), so SAM never pushes to this name; without it even a zip deploy stops at once.
-image_repos=(--image-repositories "ImageFunction=${IMAGE_REPOSITORY:-000000000000.dkr.ecr.${region}.amazonaws.com/unused}")
+# notwithstanding. The image functions' image is built and pushed outside SAM (their ImageUri
+# is a parameter), so SAM never pushes to this name; without it even a zip deploy stops at once.
+image_repo="${IMAGE_REPOSITORY:-000000000000.dkr.ecr.${region}.amazonaws.com/unused}"
+image_repos=(--image-repositories "ImageFunction=${image_repo}" --image-repositories "BulkImageWorker=${image_repo}")
 
 parameters=()
 if [[ "$config_env" == staging ]]; then

@@ -27,6 +27,8 @@ translator, boto3 and moto, pinned in xtask/src/tools.rs). Every step must pass:
    function URL (function_url.py) that recomputes each SigV4 signature with botocore and
    requires both invoke actions of the staging role's policy on the alias; a wrong secret, no
    signature, or the policy with InvokeFunction denied must be refused.
+6. The stack's own resources under AWS's documented rules (stack_rules.py), and the PreTraffic
+   hook's code against `infer` in Lambda mode (hook_run.py); see those files.
 
 Usage: rehearse.py --infer target/debug/infer --package target/lambda/infer-arm64.zip [--only STEP ...]
 """
@@ -49,8 +51,10 @@ from pathlib import Path
 
 import boto3
 import function_url
+import hook_run
 import release_roles
 import sam_transform
+import stack_rules
 import workflow_jobs
 from samtranslator.yaml_helper import yaml_parse
 
@@ -493,6 +497,15 @@ def model_sha256(port: int) -> str:
         return json.load(reply)["sha256"]
 
 
+@step("the stack's own resources under AWS's rules: alarm topic, concurrency, API Gateway logging, canary, bulk worker")
+def own_rules(package: Path) -> None:
+    shifts = yaml_parse(TEMPLATE.read_text())["Parameters"]["TrafficShift"]["AllowedValues"]
+    try:
+        stack_rules.check(transformed, lambda t: Resolver(t, {}), INFRA / "bootstrap.yaml", shifts)
+    except stack_rules.Broken as e:
+        raise Failed(str(e)) from e
+
+
 @step("the function role's own policy, enforced by moto's IAM, lets infer load the model")
 def role_loads_model(infer: Path) -> None:
     key = "models/resnet18-cifar10.onnx"
@@ -567,6 +580,18 @@ def role_loads_model(infer: Path) -> None:
                 "infer started although its policy may not read the sidecar: this rehearsal would not "
                 f"notice a role without that permission (exit {proc.returncode}):\n{log}"
             )
+    finally:
+        moto.close()
+
+
+@step("the PreTraffic hook against infer in Lambda mode: Succeeded for the sidecar's model, Failed for another")
+def pre_traffic_hook(infer: Path) -> None:
+    moto = Moto()
+    try:
+        template = transformed({"ReleaseId": "x", "TrafficShift": "Canary10Percent5Minutes"})
+        hook_run.run(template, TEMPLATE, infer, MODEL, moto.endpoint, ROOT)
+    except hook_run.Broken as e:
+        raise Failed(str(e)) from e
     finally:
         moto.close()
 
@@ -660,6 +685,8 @@ def main() -> int:
         "role_loads_model": lambda: role_loads_model(args.infer),
         "smoke": lambda: smoke(args.infer),
         "signed_smoke": lambda: signed_smoke(args.infer),
+        "own_rules": lambda: own_rules(args.package),
+        "pre_traffic_hook": lambda: pre_traffic_hook(args.infer),
     }
     parser.add_argument("--only", nargs="+", choices=list(steps), help="run just these steps")
     args = parser.parse_args()
