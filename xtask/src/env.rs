@@ -20,12 +20,59 @@ pub struct Env {
     pub sam: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Needs {
-    /// ONNX Runtime only: serving.
-    Serve,
-    /// Everything: libtorch, ONNX Runtime for both architectures, tools and targets.
-    All,
+/// What a task needs set up; each task asks for its own parts, so that `lint` does not fetch
+/// libtorch and `serve` installs no tools.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// libtorch, for building and testing `train`, `scratch` and the end-to-end tests.
+    pub libtorch: bool,
+    /// ONNX Runtime for aarch64 (the Lambda package); x86-64's is always set up.
+    pub ort_aarch64: bool,
+    /// The tools' virtual environment (cargo-lambda, zig, the linters, moto, tritonclient).
+    pub tools: bool,
+    /// The SAM CLI's virtual environment (the deploy rehearsal).
+    pub sam: bool,
+    /// The aarch64 Rust target (cross-building the package).
+    pub rust_aarch64: bool,
+    /// qemu-user and the aarch64 C and C++ runtimes (running the package).
+    pub arm64_run: bool,
+    /// A Chromium (infer's page test).
+    pub chromium: bool,
+}
+
+impl Needs {
+    /// ONNX Runtime for this machine only: serving.
+    pub const SERVE: Self = Self {
+        libtorch: false,
+        ort_aarch64: false,
+        tools: false,
+        sam: false,
+        rust_aarch64: false,
+        arm64_run: false,
+        chromium: false,
+    };
+    pub const ALL: Self = Self {
+        libtorch: true,
+        ort_aarch64: true,
+        tools: true,
+        sam: true,
+        rust_aarch64: true,
+        arm64_run: true,
+        chromium: true,
+    };
+
+    /// Everything either needs.
+    pub const fn and(self, other: Self) -> Self {
+        Self {
+            libtorch: self.libtorch || other.libtorch,
+            ort_aarch64: self.ort_aarch64 || other.ort_aarch64,
+            tools: self.tools || other.tools,
+            sam: self.sam || other.sam,
+            rust_aarch64: self.rust_aarch64 || other.rust_aarch64,
+            arm64_run: self.arm64_run || other.arm64_run,
+            chromium: self.chromium || other.chromium,
+        }
+    }
 }
 
 pub fn prepare(needs: Needs) -> Result<Env> {
@@ -34,11 +81,11 @@ pub fn prepare(needs: Needs) -> Result<Env> {
     let link = paths::native_link();
     std::fs::create_dir_all(&link).with_context(|| format!("creating {}", link.display()))?;
 
-    let ort_dir = native::onnxruntime(&cache)?;
+    let ort_dir = native::onnxruntime(&cache, needs.ort_aarch64)?;
     relink(&ort_dir, &link.join("onnxruntime"))?;
 
-    let (mut libtorch, mut tools_dir, mut sam_dir) = (None, None, None);
-    if needs == Needs::All {
+    let mut libtorch = None;
+    if needs.libtorch {
         let ours = link.join("libtorch");
         match std::env::var_os("LIBTORCH").map(PathBuf::from) {
             // cargo's [env] hands every process our own link; anything else is the user's.
@@ -52,14 +99,28 @@ pub fn prepare(needs: Needs) -> Result<Env> {
                 libtorch = Some(ours);
             }
         }
+    }
+    let tools_dir = if needs.tools {
         let venv = tools::venv(&cache)?;
         relink(&venv, &link.join("tools"))?;
-        tools_dir = Some(venv);
+        Some(venv)
+    } else {
+        None
+    };
+    let sam_dir = if needs.sam {
         let sam = tools::sam_venv(&cache)?;
         relink(&sam, &link.join("sam"))?;
-        sam_dir = Some(sam);
+        Some(sam)
+    } else {
+        None
+    };
+    if needs.rust_aarch64 {
         tools::rust_target("aarch64-unknown-linux-gnu")?;
+    }
+    if needs.arm64_run {
         debian::ensure(tools::ARM64_DEBIAN_PACKAGES)?;
+    }
+    if needs.chromium {
         tools::chromium()?;
     }
     eprintln!(

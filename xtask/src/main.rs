@@ -33,8 +33,14 @@ struct Cli {
 enum Command {
     /// Fetch, verify and cache libtorch, ONNX Runtime and the tools (idempotent, offline once cached).
     Setup,
-    /// Formatting, clippy, every test of the workspace, and the infrastructure lints.
-    Test,
+    /// Every check CI runs, in order; name steps to run only those (set-up covers only what they
+    /// need).
+    #[command(after_help = steps_help())]
+    Test {
+        /// Steps to run [default: all of them]
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(tasks::STEPS.iter().map(|s| s.name)))]
+        steps: Vec<String>,
+    },
     /// Build and serve the bundled model on http://127.0.0.1:8080.
     Serve {
         /// Extra arguments passed to `infer serve`.
@@ -64,11 +70,19 @@ enum Command {
     RehearseArm64,
 }
 
+fn steps_help() -> String {
+    let mut help = String::from("Steps:\n");
+    for step in tasks::STEPS {
+        help.push_str(&format!("  {:<15} {}\n", step.name, step.about));
+    }
+    help
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Setup => tasks::setup().map(|env| env.print()),
-        Command::Test => tasks::test(),
+        Command::Test { steps } => tasks::test(&steps),
         Command::Serve { args } => tasks::serve(&args),
         Command::Package { arch, model, out } => tasks::package(arch, model.as_deref(), out),
         Command::Lint => tasks::lint(),

@@ -195,26 +195,35 @@ pub fn libtorch(cache: &Path) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// `libonnxruntime.so` for each Linux architecture, in `onnxruntime-<v>/<arch>/`.
-pub fn onnxruntime(cache: &Path) -> Result<PathBuf> {
+/// `libonnxruntime.so` in `onnxruntime-<v>/<arch>/`: x86-64's always, aarch64's (the Lambda
+/// package's) when asked for. Each architecture's folder is built atomically on its own.
+pub fn onnxruntime(cache: &Path, aarch64: bool) -> Result<PathBuf> {
     let dest = cache.join(format!("onnxruntime-{ORT_VERSION}"));
-    if dest.join("aarch64/libonnxruntime.so").exists() && dest.join("x86_64/libonnxruntime.so").exists() {
-        return Ok(dest);
-    }
     let wheels = cache.join("wheels");
-    let x86 = fetch(&ORT_X86_64, &wheels)?;
-    let arm = fetch(&ORT_AARCH64, &wheels)?;
-    eprintln!("xtask: unpacking ONNX Runtime {ORT_VERSION} in {}", dest.display());
     let versioned = format!("libonnxruntime.so.{ORT_VERSION}");
-    build_atomically(&dest, |tmp| {
-        for (wheel, arch) in [(&x86, "x86_64"), (&arm, "aarch64")] {
-            let n = unpack(wheel, tmp, |name| {
-                (name == format!("onnxruntime/capi/{versioned}")).then(|| Path::new(arch).join(&versioned))
-            })?;
-            ensure!(n == 1, "{} holds no onnxruntime/capi/{versioned}", wheel.display());
-            std::os::unix::fs::symlink(&versioned, tmp.join(arch).join("libonnxruntime.so"))?;
+    let mut arches = vec![(&ORT_X86_64, "x86_64")];
+    if aarch64 {
+        arches.push((&ORT_AARCH64, "aarch64"));
+    }
+    for (wheel, arch) in arches {
+        let dir = dest.join(arch);
+        if dir.join("libonnxruntime.so").exists() {
+            continue;
         }
-        Ok(())
-    })?;
+        let file = fetch(wheel, &wheels)?;
+        eprintln!(
+            "xtask: unpacking ONNX Runtime {ORT_VERSION} ({arch}) in {}",
+            dir.display()
+        );
+        fs::create_dir_all(&dest)?;
+        build_atomically(&dir, |tmp| {
+            let n = unpack(&file, tmp, |name| {
+                (name == format!("onnxruntime/capi/{versioned}")).then(|| PathBuf::from(&versioned))
+            })?;
+            ensure!(n == 1, "{} holds no onnxruntime/capi/{versioned}", file.display());
+            std::os::unix::fs::symlink(&versioned, tmp.join("libonnxruntime.so"))?;
+            Ok(())
+        })?;
+    }
     Ok(dest)
 }
