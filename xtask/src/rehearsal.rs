@@ -32,7 +32,11 @@ pub fn run(env: &Env) -> Result<()> {
         "{} is missing: run `cargo xtask package` first",
         zip.display()
     );
+    let tools = env.tools.as_ref().context("the tools' environment is not set up")?;
+    // SAM's venv first (its `sam`), then the tools' (`cargo lambda` for the PreTraffic hook's run).
     let mut path = OsString::from(sam.join("bin"));
+    path.push(":");
+    path.push(tools.join("bin"));
     if let Some(old) = std::env::var_os("PATH") {
         path.push(":");
         path.push(old);

@@ -104,7 +104,11 @@ pub const STEPS: &[Step] = &[
     Step {
         name: "rehearse",
         about: "the deploy rehearsal (needs the package and the debug infer)",
-        needs: Needs { sam: true, ..NOTHING },
+        needs: Needs {
+            sam: true,
+            tools: true,
+            ..NOTHING
+        },
         run: rehearsal::run,
     },
     Step {
