@@ -41,6 +41,8 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import handler_permissions
+import release_versions
 import sam_transform
 import yaml
 from samtranslator.yaml_helper import yaml_parse
@@ -333,6 +335,31 @@ def versions(package: Path) -> None:
         raise Failed("a release with another MemorySize keeps the old version")
 
 
+@step("a new release id is a new function version, for every parameter (release_versions.py)")
+def every_parameter_versions(package: Path) -> None:
+    sys.path.insert(0, str(INFRA))
+    import release_id as ids
+
+    def compute(parameters: dict) -> str:
+        return ids.release_id(package, parameters, {}, "stack")
+
+    if compute({"ModelKey": "m"}) != release_id(package, {"ModelKey": "m"}):
+        raise Failed("infra/release-id.sh does not print what infra/release_id.py computes")
+    problems = release_versions.check(compute, transformed, Resolver)
+    if problems:
+        raise Failed("release ids that are no change of the function, or the reverse:\n  " + "\n  ".join(problems))
+
+
+@step("the execution role allows every handler permission of every resource (handler_permissions.py)")
+def execution_role_permissions() -> None:
+    missing, excused, evaluated = handler_permissions.check(transformed, Resolver, INFRA / "bootstrap.yaml")
+    print(f"rehearsal: {evaluated} requests evaluated; excused, with the property that must stay absent:")
+    for line in excused:
+        print(f"rehearsal:   {line}")
+    if missing:
+        raise Failed("the CloudFormation execution role may not:\n  " + "\n  ".join(missing))
+
+
 @step("the release path: canary with alarm rollback, alarms notify, IAM by default, staging first")
 def release_path(package: Path) -> None:
     prod = transformed({"ReleaseId": release_id(package, {}), "TrafficShift": "Canary10Percent5Minutes"})
@@ -528,16 +555,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--infer", type=Path, required=True, help="an x86-64 infer binary")
     parser.add_argument("--package", type=Path, required=True, help="the Lambda zip that ships")
+    parser.add_argument("--only", action="append", metavar="STEP", help="run only this step (function name; repeatable)")
     args = parser.parse_args()
     if not args.package.is_file():
         print(f"rehearsal: no package at {args.package}: run `cargo xtask package` first", file=sys.stderr)
         return 2
     try:
-        sam_commands(args.package)
-        versions(args.package)
-        release_path(args.package)
-        role_loads_model(args.infer)
-        smoke(args.infer)
+        steps = {
+            "sam_commands": lambda: sam_commands(args.package),
+            "versions": lambda: versions(args.package),
+            "every_parameter_versions": lambda: every_parameter_versions(args.package),
+            "execution_role_permissions": execution_role_permissions,
+            "release_path": lambda: release_path(args.package),
+            "role_loads_model": lambda: role_loads_model(args.infer),
+            "smoke": lambda: smoke(args.infer),
+        }
+        for name in args.only or []:
+            if name not in steps:
+                raise Failed(f"no step {name!r}: {', '.join(steps)}")
+        for name, run_step in steps.items():
+            if not args.only or name in args.only:
+                run_step()
     except Failed as e:
         print(f"rehearsal: FAILED: {e}", file=sys.stderr)
         return 1
