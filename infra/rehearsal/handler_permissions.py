@@ -254,7 +254,7 @@ def bootstrap_values(bootstrap: dict) -> tuple[dict, dict]:
             bucket = {"ArtifactBucket": ARTIFACT_BUCKET, "ModelBucket": MODEL_BUCKET}.get(name, f"{BOOTSTRAP_STACK}-{name}-{SUFFIX}".lower())
             physical.update({name: bucket, f"{name}.Arn": f"arn:aws:s3:::{bucket}"})
         elif t == "AWS::IAM::Role":
-            role = f"{BOOTSTRAP_STACK}-{name}-{SUFFIX}"
+            role = generated(BOOTSTRAP_STACK, name)
             physical.update({name: role, f"{name}.Arn": f"arn:aws:iam::{ACCOUNT}:role/{role}"})
         elif t == "AWS::IAM::ManagedPolicy":
             policy = res["Properties"].get("ManagedPolicyName", f"{BOOTSTRAP_STACK}-{name}-{SUFFIX}")
@@ -284,6 +284,30 @@ def execution_role(resolver_cls, bootstrap_path: Path, role: str = "CloudFormati
                 documents.append(resolver.resolve(res["Properties"]["PolicyDocument"]))
     statements = [s for d in documents for s in listed(d["Statement"])]
     return statements, physical
+
+
+def create_in_moto(iam, resolver_cls, bootstrap_path: Path, role: str = "CloudFormationExecutionRole") -> str:
+    """The execution role and its boundary policy created in moto as bootstrap.yaml defines
+    them; returns the role's ARN (what deploy.sh passes as --role-arn)."""
+    bootstrap = yaml_parse(bootstrap_path.read_text())
+    statements, physical = execution_role(resolver_cls, bootstrap_path, role)
+    values, _ = bootstrap_values(bootstrap)
+    resolver = resolver_cls({"Resources": bootstrap["Resources"], "Conditions": bootstrap.get("Conditions", {}), "_values": values}, physical)
+    for name, res in bootstrap["Resources"].items():
+        if res["Type"] == "AWS::IAM::ManagedPolicy":
+            iam.create_policy(
+                PolicyName=physical[name].rsplit("/", 1)[1],
+                PolicyDocument=json.dumps(resolver.resolve(res["Properties"]["PolicyDocument"])),
+            )
+    props = bootstrap["Resources"][role]["Properties"]
+    name = physical[role]
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(resolver.resolve(props["AssumeRolePolicyDocument"])))
+    iam.put_role_policy(
+        RoleName=name,
+        PolicyName="release-stacks",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements}),
+    )
+    return physical[f"{role}.Arn"]
 
 
 # --- the release stacks' resources and their ARNs ---------------------------------------------

@@ -6,10 +6,15 @@ translator, boto3 and moto, pinned in xtask/src/tools.rs). Every step must pass:
 1. `infra/deploy.sh validate|package|deploy` for staging and production, the very commands and
    samconfig of the deploy workflow, against moto (S3 and CloudFormation on loopback): validate
    and package exit 0, and deploy creates its change set (`--no-execute-changeset`: moto does
-   not run the SAM transform, only CloudFormation does).
+   not run the SAM transform, only CloudFormation does), with bootstrap's execution role
+   (created in moto from bootstrap.yaml) passed as --role-arn and its boundary as RoleBoundaryArn.
 2. Releases: the template transformed by the SAM translator with the release ids that
    `infra/release-id.sh` gives two releases that differ only in the model key, or only in one
    parameter, publishes two different Lambda versions; the same release, the same version.
+   For every parameter, a changed value keeps the version or changes the function's versioned
+   configuration, and the reverse (release_versions.py).
+   The execution role allows every resource handler's permissions in every deployment
+   (handler_permissions.py).
 3. The release path: production shifts traffic by canary and staging all at once, CodeDeploy
    rolls back on the errors, 5xx and duration alarms, every alarm notifies the stack's topic,
    the function URL needs IAM by default, and deploy.yml deploys and smoke-tests staging before
@@ -21,7 +26,7 @@ translator, boto3 and moto, pinned in xtask/src/tools.rs). Every step must pass:
 5. The smoke test (`infra/smoke.sh`) against a local `infer serve` passes with the model's
    sha256 and fails with another one.
 
-Usage: rehearse.py --infer target/debug/infer --package target/lambda/infer-arm64.zip
+Usage: rehearse.py --infer target/debug/infer --package target/lambda/infer-arm64.zip [--only STEP]
 """
 
 from __future__ import annotations
@@ -286,6 +291,9 @@ def sam_commands(package: Path) -> None:
         for bucket in ("artifacts", "models"):
             s3.create_bucket(Bucket=bucket)
         env.update(ARTIFACT_BUCKET="artifacts", MODEL_BUCKET="models", MODEL_KEY="models/m.onnx", PACKAGE=str(package))
+        # As the deploy workflow: CloudFormation acts as bootstrap's execution role.
+        role = handler_permissions.create_in_moto(moto.client("iam"), Resolver, INFRA / "bootstrap.yaml")
+        env.update(CFN_EXECUTION_ROLE_ARN=role)
         deploy = str(INFRA / "deploy.sh")
         with tempfile.TemporaryDirectory() as tmp:
             for stage in ("staging", "production"):
@@ -315,6 +323,12 @@ def sam_commands(package: Path) -> None:
                         raise Failed(f"{stage} change set has {key}={params.get(key)!r}, expected {value!r}")
                 if len(params.get("ReleaseId", "")) != 32:
                     raise Failed(f"{stage} change set has no release id: {params}")
+                boundary = f"arn:aws:iam::{ACCOUNT}:policy/resnet-serverless-role-boundary"
+                if params.get("RoleBoundaryArn") != boundary:
+                    raise Failed(f"{stage} change set has RoleBoundaryArn={params.get('RoleBoundaryArn')!r}, not bootstrap's {boundary}")
+                used = cfn.describe_stacks(StackName=stack)["Stacks"][0].get("RoleARN")
+                if used != role:
+                    raise Failed(f"{stage}: CloudFormation acts as {used!r}, not the execution role {role} (--role-arn)")
     finally:
         moto.close()
 
