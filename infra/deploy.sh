@@ -10,7 +10,8 @@
 #   ARTIFACT_BUCKET   bucket for what sam uploads (infra/bootstrap.yaml's ArtifactBucket)
 #   MODEL_BUCKET      optional: the shared model bucket (ModelBucketName)
 #   MODEL_KEY         optional: the model's key in it; empty keeps the stack's current model
-#   CFN_EXECUTION_ROLE_ARN  optional: the role CloudFormation acts as (bootstrap's)
+#   CFN_EXECUTION_ROLE_ARN  optional: the role CloudFormation acts as (bootstrap's); with it,
+#                     RoleBoundaryArn is bootstrap's boundary (or ROLE_BOUNDARY_ARN)
 #   PACKAGE           the zip, default target/lambda/infer-arm64.zip
 #   PARAMETERS        optional: more NAME=VALUE overrides, space-separated
 #   AWS_REGION        the region
@@ -41,6 +42,11 @@ else
 fi
 [[ -n "${MODEL_BUCKET:-}" ]] && parameters+=("ModelBucketName=${MODEL_BUCKET}")
 [[ -n "${MODEL_KEY:-}" ]] && parameters+=("ModelKey=${MODEL_KEY}")
+# Bootstrap's execution role creates roles only with its boundary, which lives beside it:
+# arn:...:iam::ACCOUNT:policy/resnet-serverless-role-boundary (ROLE_BOUNDARY_ARN overrides).
+if [[ -n "${CFN_EXECUTION_ROLE_ARN:-}" ]]; then
+  parameters+=("RoleBoundaryArn=${ROLE_BOUNDARY_ARN:-${CFN_EXECUTION_ROLE_ARN%%:role/*}:policy/resnet-serverless-role-boundary}")
+fi
 if [[ -n "${PARAMETERS:-}" ]]; then
   read -r -a extra <<<"$PARAMETERS"
   parameters+=("${extra[@]}")
@@ -58,7 +64,7 @@ case "$command" in
       "${image_repos[@]}" --output-template-file "$out"
     ;;
   deploy)
-    release="$("$here/release-id.sh" "$package" "${parameters[@]}")"
+    release="$("$here/release-id.sh" --config-env "$config_env" "$package" "${parameters[@]}")"
     echo "deploy.sh: release ${release} to ${config_env}: ${parameters[*]}"
     role=()
     [[ -n "${CFN_EXECUTION_ROLE_ARN:-}" ]] && role=(--role-arn "$CFN_EXECUTION_ROLE_ARN")

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Prints the release id of a deploy: the sha256 over the package's digest and every parameter
-# the deploy passes (sorted), e.g. `infra/release-id.sh target/lambda/infer-arm64.zip
-# ModelKey=models/m.onnx TrafficShift=AllAtOnce`. The template names the published Lambda
-# version after it (AutoPublishCodeSha256), so a release that differs in the package, the model
-# key or any parameter publishes a new version, and an identical one publishes none.
+# Prints the release id of a deploy: a hash of the package (zip deploys) and of the function's
+# versioned configuration resolved for the deploy's parameters (infra/release_id.py says which
+# properties and why), e.g. `infra/release-id.sh --config-env staging target/lambda/infer-arm64.zip
+# ModelKey=models/m.onnx`. The template names the published Lambda version after it
+# (AutoPublishCodeSha256): a release that changes the package or the function publishes a new
+# version, and one that changes only the rest of the stack (alarms, buckets, logs) keeps it.
+#
+#   --config-env ENV  parameters not passed keep the current value of ENV's stack (samconfig.toml),
+#                     as `sam deploy` keeps them; needs AWS credentials that may describe it
+#
+# It needs the SAM translator: the Python beside `sam` (pip's aws-sam-cli) or python3.
 set -euo pipefail
 
-package="${1:?usage: infra/release-id.sh PACKAGE.zip [NAME=VALUE ...]}"
-shift
-[[ -f "$package" ]] || { echo "release-id: no package at ${package}" >&2; exit 2; }
-{
-  echo "package=$(sha256sum "$package" | cut -d' ' -f1)"
-  # ReleaseId itself never takes part; the rest in a fixed order.
-  printf '%s\n' "$@" | grep -v '^ReleaseId=' | LC_ALL=C sort || true
-} | sha256sum | cut -c1-32
+here="$(cd "$(dirname "$0")" && pwd)"
+python=python3
+if sam="$(command -v sam)" && [[ -x "$(dirname "$sam")/python3" ]]; then
+  python="$(dirname "$sam")/python3"
+fi
+exec "$python" "$here/release_id.py" "$@"

@@ -6,10 +6,15 @@ translator, boto3 and moto, pinned in xtask/src/tools.rs). Every step must pass:
 1. `infra/deploy.sh validate|package|deploy` for staging and production, the very commands and
    samconfig of the deploy workflow, against moto (S3 and CloudFormation on loopback): validate
    and package exit 0, and deploy creates its change set (`--no-execute-changeset`: moto does
-   not run the SAM transform, only CloudFormation does).
+   not run the SAM transform, only CloudFormation does), with bootstrap's execution role
+   (created in moto from bootstrap.yaml) passed as --role-arn and its boundary as RoleBoundaryArn.
 2. Releases: the template transformed by the SAM translator with the release ids that
    `infra/release-id.sh` gives two releases that differ only in the model key, or only in one
    parameter, publishes two different Lambda versions; the same release, the same version.
+   For every parameter, a changed value keeps the version or changes the function's versioned
+   configuration, and the reverse (release_versions.py).
+   The execution role allows every resource handler's permissions in every deployment
+   (handler_permissions.py).
 3. The release path: production shifts traffic by canary and staging all at once, CodeDeploy
    rolls back on the errors, 5xx and duration alarms, every alarm notifies the stack's topic,
    the function URL needs IAM by default. The workflows (workflow_jobs.py): every way a release
@@ -51,8 +56,10 @@ from pathlib import Path
 
 import boto3
 import function_url
+import handler_permissions
 import hook_run
 import release_roles
+import release_versions
 import sam_transform
 import stack_rules
 import workflow_jobs
@@ -297,6 +304,9 @@ def sam_commands(package: Path) -> None:
         for bucket in ("artifacts", "models"):
             s3.create_bucket(Bucket=bucket)
         env.update(ARTIFACT_BUCKET="artifacts", MODEL_BUCKET="models", MODEL_KEY="models/m.onnx", PACKAGE=str(package))
+        # As the deploy workflow: CloudFormation acts as bootstrap's execution role.
+        role = handler_permissions.create_in_moto(moto.client("iam"), Resolver, INFRA / "bootstrap.yaml")
+        env.update(CFN_EXECUTION_ROLE_ARN=role)
         deploy = str(INFRA / "deploy.sh")
         with tempfile.TemporaryDirectory() as tmp:
             for stage in ("staging", "production"):
@@ -326,6 +336,12 @@ def sam_commands(package: Path) -> None:
                         raise Failed(f"{stage} change set has {key}={params.get(key)!r}, expected {value!r}")
                 if len(params.get("ReleaseId", "")) != 32:
                     raise Failed(f"{stage} change set has no release id: {params}")
+                boundary = f"arn:aws:iam::{ACCOUNT}:policy/resnet-serverless-role-boundary"
+                if params.get("RoleBoundaryArn") != boundary:
+                    raise Failed(f"{stage} change set has RoleBoundaryArn={params.get('RoleBoundaryArn')!r}, not bootstrap's {boundary}")
+                used = cfn.describe_stacks(StackName=stack)["Stacks"][0].get("RoleARN")
+                if used != role:
+                    raise Failed(f"{stage}: CloudFormation acts as {used!r}, not the execution role {role} (--role-arn)")
     finally:
         moto.close()
 
@@ -415,6 +431,31 @@ def deploy_roles() -> None:
             print(f"rehearsal:   {line}")
     except release_roles.Broken as e:
         raise Failed(str(e)) from e
+
+
+@step("a new release id is a new function version, for every parameter (release_versions.py)")
+def every_parameter_versions(package: Path) -> None:
+    sys.path.insert(0, str(INFRA))
+    import release_id as ids
+
+    def compute(parameters: dict) -> str:
+        return ids.release_id(package, parameters, {}, "stack")
+
+    if compute({"ModelKey": "m"}) != release_id(package, {"ModelKey": "m"}):
+        raise Failed("infra/release-id.sh does not print what infra/release_id.py computes")
+    problems = release_versions.check(compute, transformed, Resolver)
+    if problems:
+        raise Failed("release ids that are no change of the function, or the reverse:\n  " + "\n  ".join(problems))
+
+
+@step("the execution role allows every handler permission of every resource (handler_permissions.py)")
+def execution_role_permissions() -> None:
+    missing, excused, evaluated = handler_permissions.check(transformed, Resolver, INFRA / "bootstrap.yaml")
+    print(f"rehearsal: {evaluated} requests evaluated; excused, with the property that must stay absent:")
+    for line in excused:
+        print(f"rehearsal:   {line}")
+    if missing:
+        raise Failed("the CloudFormation execution role may not:\n  " + "\n  ".join(missing))
 
 
 @step("the release path: canary with alarm rollback, alarms notify, IAM by default, staging first")
@@ -679,6 +720,8 @@ def main() -> int:
     steps = {
         "sam_commands": lambda: sam_commands(args.package),
         "versions": lambda: versions(args.package),
+        "every_parameter_versions": lambda: every_parameter_versions(args.package),
+        "execution_role_permissions": execution_role_permissions,
         "release_path": lambda: release_path(args.package),
         "workflow_paths": workflow_paths,
         "deploy_roles": deploy_roles,
