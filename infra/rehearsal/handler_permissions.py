@@ -145,6 +145,8 @@ EXCUSED = [
     ("AWS::ApiGateway::Method", "iam:PassRole", absent("Integration", "Credentials"), "integration credentials only"),
     ("AWS::ApiGateway::RestApi", "iam:PassRole", absent("Body"), "an imported OpenAPI definition's credentials only"),
     ("AWS::ApiGateway::RestApi", "s3:GetObject", absent("BodyS3Location"), "an OpenAPI definition in S3 only"),
+    ("AWS::Lambda::Alias", "codedeploy:*", absent("UpdatePolicy", "CodeDeployLambdaAliasUpdate"),
+     "an alias that CodeDeploy shifts (its UpdatePolicy) only: the others are updated in place"),
     ("AWS::CodeDeploy::DeploymentGroup", "codedeploy:RegisterOnPremisesInstance", always,
      "on-premises instances: the group is a Lambda one (its application's ComputePlatform)"),
 ]
@@ -284,6 +286,40 @@ def execution_role(resolver_cls, bootstrap_path: Path, role: str = "CloudFormati
                 documents.append(resolver.resolve(res["Properties"]["PolicyDocument"]))
     statements = [s for d in documents for s in listed(d["Statement"])]
     return statements, physical
+
+
+def managed_policies(resolver_cls, bootstrap_path: Path) -> dict[str, list[dict]]:
+    """The bootstrap's managed policies (the roles' boundary among them): ARN -> statements."""
+    bootstrap = yaml_parse(bootstrap_path.read_text())
+    values, _ = bootstrap_values(bootstrap)
+    _, physical = execution_role(resolver_cls, bootstrap_path)
+    resolver = resolver_cls({"Resources": bootstrap["Resources"], "Conditions": bootstrap.get("Conditions", {}), "_values": values}, physical)
+    return {
+        physical[name]: listed(resolver.resolve(res["Properties"]["PolicyDocument"])["Statement"])
+        for name, res in bootstrap["Resources"].items()
+        if res["Type"] == "AWS::IAM::ManagedPolicy"
+    }
+
+
+def beyond_boundary(role: str, props: dict, boundaries: dict[str, list[dict]]) -> list[str]:
+    """What a role's own policies allow that its permissions boundary does not: IAM grants only
+    what both allow ("Permissions boundaries for IAM entities"), so such a grant is dead and the
+    code relying on it fails at run time."""
+    boundary = props.get("PermissionsBoundary")
+    if not boundary:
+        return []
+    if boundary not in boundaries:
+        return [f"{role}: boundary {boundary} is not one of bootstrap's policies"]
+    out = []
+    for policy in props.get("Policies", []):
+        for st in listed(policy["PolicyDocument"]["Statement"]):
+            if st.get("Effect") != "Allow" or "Action" not in st or "Resource" not in st:
+                continue
+            for action in listed(st["Action"]):
+                for resource in listed(st["Resource"]):
+                    if not allowed(boundaries[boundary], Request(action, str(resource))):
+                        out.append(f"{role} ({policy['PolicyName']}): {action} on {resource} is outside its boundary")
+    return out
 
 
 def create_in_moto(iam, resolver_cls, bootstrap_path: Path, role: str = "CloudFormationExecutionRole") -> str:
@@ -532,8 +568,10 @@ def requests_of(t: str, logical: str, props: dict, ids: dict, template: dict, re
     for rtype, test, actions, _why in DOCUMENTED:
         if rtype == t and test(props):
             permissions += [("documented", a) for a in actions]
+    # The resource's own UpdatePolicy decides whether an alias update goes through CodeDeploy.
+    tested = dict(props, UpdatePolicy=template["Resources"][logical].get("UpdatePolicy", {}))
     for handler, action in permissions:
-        why = next((w for rt, pat, test, w in EXCUSED if rt == t and wildcard(pat, action, True) and test(props)), None)
+        why = next((w for rt, pat, test, w in EXCUSED if rt == t and wildcard(pat, action, True) and test(tested)), None)
         if why:
             excused.append(f"{t} {action}: {why}")
             continue
@@ -589,6 +627,8 @@ def check(transformed, resolver_cls, bootstrap: Path) -> tuple[list[str], list[s
     unknown: set[str] = set()
     evaluated = 0
     verdicts: dict[Request, bool] = {}
+    boundaries = managed_policies(resolver_cls, bootstrap)
+    outside: set[str] = set()
     for package in ("Zip", "Image"):
         base = transformed({"PackageType": package, "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/infer:1", "ReleaseId": "r"})
         for values in deployments(base):
@@ -606,6 +646,9 @@ def check(transformed, resolver_cls, bootstrap: Path) -> tuple[list[str], list[s
                 resolved = {n: resolver.resolve(r.get("Properties", {})) for n, r in active.items()}
                 roles = {ids[f"{n}.Arn"]: resolved[n] for n, r in active.items() if r["Type"] == "AWS::IAM::Role"}
                 label = f"{stack} {' '.join(f'{k}={v}' for k, v in sorted(values.items()))}"
+                for n, r in active.items():
+                    if r["Type"] == "AWS::IAM::Role":
+                        outside.update(beyond_boundary(n, resolved[n], boundaries))
                 for name, r in active.items():
                     reqs, exc, unk = requests_of(r["Type"], name, resolved[name], ids, template, resolver, roles)
                     excused.update(exc)
@@ -616,7 +659,7 @@ def check(transformed, resolver_cls, bootstrap: Path) -> tuple[list[str], list[s
                             verdicts[req] = allowed(statements, req)
                         if not verdicts[req]:
                             missing.setdefault(req.action, {}).setdefault(req.source, set()).add((req, label))
-    lines = sorted(unknown)
+    lines = sorted(unknown) + sorted(outside)
     for action, sources in sorted(missing.items()):
         first = min((r for found in sources.values() for r in found), key=lambda f: (f[0].resource, f[1]))
         context = "".join(f" [{k}={v}]" for k, v in first[0].context)

@@ -455,7 +455,7 @@ def execution_role_permissions() -> None:
     for line in excused:
         print(f"rehearsal:   {line}")
     if missing:
-        raise Failed("the CloudFormation execution role may not:\n  " + "\n  ".join(missing))
+        raise Failed("the CloudFormation execution role may not, or a role's boundary cuts off its own grant:\n  " + "\n  ".join(missing))
 
 
 @step("the release path: canary with alarm rollback, alarms notify, IAM by default, staging first")
