@@ -35,16 +35,13 @@ INFRA = Path(__file__).resolve().parent
 sys.path.insert(0, str(INFRA / "rehearsal"))
 
 import sam_transform  # noqa: E402  (the one home of the transform of one deployment)
+from cfn_intrinsics import Resolver, Unresolved  # noqa: E402  (the one resolver of intrinsics)
 
 TEMPLATE = INFRA / "template.yaml"
 # What SAM writes into the function (its Description) and the version's name; fixed here so that
 # only the function's own configuration moves the hash.
 PLACEHOLDER = "release"
 logging.getLogger("samtranslator").setLevel(logging.ERROR)
-
-
-class Unresolved(Exception):
-    pass
 
 
 def versioned_properties() -> set[str]:
@@ -54,81 +51,6 @@ def versioned_properties() -> set[str]:
 
     shape = botocore.session.get_session().get_service_model("lambda").shape_for("FunctionConfiguration")
     return {m.lower() for m in shape.members} | {"code"}
-
-
-class Resolver:
-    """CloudFormation's intrinsics for the values of one deployment. Resources resolve to names
-    of their own: their physical ids do not change from one release to the next."""
-
-    NO_VALUE = object()
-
-    def __init__(self, template: dict, values: dict[str, str], stack: str):
-        self.template = template
-        self.values = dict(values)
-        self.values.update(
-            {
-                "AWS::Partition": "aws",
-                "AWS::Region": "region",
-                "AWS::AccountId": "account",
-                "AWS::StackName": stack,
-                "AWS::URLSuffix": "amazonaws.com",
-            }
-        )
-
-    def condition(self, name: str) -> bool:
-        return self.truth(self.template["Conditions"][name])
-
-    def truth(self, expr) -> bool:
-        ((fn, arg),) = expr.items()
-        if fn == "Fn::Equals":
-            a, b = (self.resolve(x) for x in arg)
-            return str(a) == str(b)
-        if fn == "Fn::Not":
-            return not self.truth(arg[0])
-        if fn == "Fn::And":
-            return all(self.truth(x) for x in arg)
-        if fn == "Fn::Or":
-            return any(self.truth(x) for x in arg)
-        if fn == "Condition":
-            return self.condition(arg)
-        raise Unresolved(f"condition function {fn}")
-
-    def lookup(self, name: str) -> str:
-        if name in self.values:
-            return self.values[name]
-        base = name.split(".", 1)[0]
-        if base in self.template["Resources"]:
-            return f"<{name}>"
-        raise Unresolved(f"Ref {name}")
-
-    def resolve(self, node):
-        if isinstance(node, list):
-            return [x for x in (self.resolve(x) for x in node) if x is not self.NO_VALUE]
-        if not isinstance(node, dict):
-            return node
-        if len(node) == 1:
-            ((fn, arg),) = node.items()
-            if fn == "Ref":
-                return self.NO_VALUE if arg == "AWS::NoValue" else self.lookup(arg)
-            if fn == "Fn::GetAtt":
-                return self.lookup(".".join(arg) if isinstance(arg, list) else arg)
-            if fn == "Fn::If":
-                cond, yes, no = arg
-                return self.resolve(yes if self.condition(cond) else no)
-            if fn == "Fn::Join":
-                sep, items = arg
-                return sep.join(str(x) for x in self.resolve(items))
-            if fn == "Fn::Sub":
-                text, extra = (arg, {}) if isinstance(arg, str) else arg
-                local = {k: self.resolve(v) for k, v in extra.items()}
-                out, rest = "", text
-                while "${" in rest:
-                    head, _, tail = rest.partition("${")
-                    name, _, rest = tail.partition("}")
-                    out += head + str(local[name] if name in local else self.lookup(name))
-                return out + rest
-        out = {k: self.resolve(v) for k, v in node.items()}
-        return {k: v for k, v in out.items() if v is not self.NO_VALUE}
 
 
 def function_versions(template: dict, values: dict[str, str], stack: str) -> dict[str, dict]:

@@ -55,6 +55,7 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import cfn_intrinsics
 import function_url
 import handler_permissions
 import hook_run
@@ -207,80 +208,20 @@ def version_of(template: dict, function: str = "ZipFunction") -> str:
     return versions[0]
 
 
-class Resolver:
-    """Enough of CloudFormation's intrinsics to read a policy of one deployment: Ref, Sub,
-    GetAtt, If (with the template's conditions) and the pseudo parameters."""
+class Resolver(cfn_intrinsics.Resolver):
+    """The intrinsics of one deployment of the rehearsal: its account and region, `_values` as
+    the parameters, resources named `physical` or else after themselves."""
 
     def __init__(self, template: dict, physical: dict[str, str]):
-        self.template = template
-        self.values = dict(template["_values"])
-        self.values.update(
-            {
-                "AWS::Partition": "aws",
-                "AWS::Region": REGION,
-                "AWS::AccountId": ACCOUNT,
-                "AWS::StackName": "rehearsal",
-                "AWS::URLSuffix": "amazonaws.com",
-            }
-        )
+        super().__init__(template, template["_values"], "rehearsal", REGION, ACCOUNT)
         # Resources this check does not look into still resolve, to names of their own.
         for name in template["Resources"]:
             self.values.setdefault(name, name.lower())
             self.values.setdefault(f"{name}.Arn", f"arn:aws:rehearsal:::{name.lower()}")
         self.values.update(physical)
 
-    def condition(self, name: str) -> bool:
-        return self.truth(self.template["Conditions"][name])
-
-    def truth(self, expr) -> bool:
-        (fn, arg), = expr.items()
-        if fn == "Fn::Equals":
-            a, b = (self.resolve(x) for x in arg)
-            return str(a) == str(b)
-        if fn == "Fn::Not":
-            return not self.truth(arg[0])
-        if fn == "Fn::And":
-            return all(self.truth(x) for x in arg)
-        if fn == "Fn::Or":
-            return any(self.truth(x) for x in arg)
-        if fn == "Condition":
-            return self.condition(arg)
-        raise Failed(f"unsupported condition function {fn}")
-
-    NO_VALUE = object()
-
-    def resolve(self, node):
-        if isinstance(node, list):
-            items = [self.resolve(x) for x in node]
-            return [x for x in items if x is not self.NO_VALUE]
-        if not isinstance(node, dict):
-            return node
-        if len(node) == 1:
-            (fn, arg), = node.items()
-            if fn == "Ref":
-                if arg == "AWS::NoValue":
-                    return self.NO_VALUE
-                if arg not in self.values:
-                    raise Failed(f"cannot resolve Ref {arg}")
-                return self.values[arg]
-            if fn == "Fn::GetAtt":
-                name, attr = arg if isinstance(arg, list) else arg.split(".", 1)
-                return self.values[f"{name}.{attr}"]
-            if fn == "Fn::If":
-                cond, yes, no = arg
-                return self.resolve(yes if self.condition(cond) else no)
-            if fn == "Fn::Sub":
-                text, extra = (arg, {}) if isinstance(arg, str) else arg
-                names = dict(self.values)
-                names.update({k: self.resolve(v) for k, v in extra.items()})
-                out = text
-                for key, value in sorted(names.items(), key=lambda kv: -len(kv[0])):
-                    out = out.replace("${" + key + "}", str(value))
-                if "${" in out:
-                    raise Failed(f"cannot resolve Sub {text!r}")
-                return out
-        out = {k: self.resolve(v) for k, v in node.items()}
-        return {k: v for k, v in out.items() if v is not self.NO_VALUE}
+    def fail(self, what: str) -> Exception:
+        return Failed(what)
 
 
 def role_policy(template: dict, physical: dict[str, str], name: str) -> dict:
