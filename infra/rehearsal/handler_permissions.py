@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cfnlint
+import iam_policy
 from samtranslator.yaml_helper import yaml_parse
 
 DATA = Path(cfnlint.__file__).parent / "data"
@@ -184,62 +185,9 @@ def listed(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-OPERATORS = {
-    "StringEquals": lambda want, got: want == got,
-    "StringNotEquals": lambda want, got: want != got,
-    "StringEqualsIgnoreCase": lambda want, got: want.lower() == got.lower(),
-    "StringLike": lambda want, got: wildcard(want, got, False),
-    "StringNotLike": lambda want, got: not wildcard(want, got, False),
-    "ArnEquals": lambda want, got: want == got,
-    "ArnLike": lambda want, got: wildcard(want, got, False),
-    "ArnNotEquals": lambda want, got: want != got,
-    "ArnNotLike": lambda want, got: not wildcard(want, got, False),
-    "Bool": lambda want, got: str(want).lower() == str(got).lower(),
-}
-
-
-def condition_holds(condition: dict, context: dict[str, str]) -> bool:
-    context = {k.lower(): v for k, v in context.items()}
-    for operator, keys in condition.items():
-        if_exists = operator.endswith("IfExists")
-        name = operator.removesuffix("IfExists")
-        if name not in OPERATORS:
-            raise ValueError(f"condition operator {operator} is not evaluated by this check")
-        negated = "Not" in name
-        for key, wanted in keys.items():
-            got = context.get(key.lower())
-            if got is None:
-                if if_exists or negated:
-                    continue
-                return False
-            values = [str(w) for w in listed(wanted)]
-            if negated:
-                if not all(OPERATORS[name](w, got) for w in values):
-                    return False
-            elif not any(OPERATORS[name](w, got) for w in values):
-                return False
-    return True
-
-
-def statement_matches(s: dict, r: Request) -> bool:
-    if "Action" in s:
-        if not any(wildcard(a, r.action, True) for a in listed(s["Action"])):
-            return False
-    elif any(wildcard(a, r.action, True) for a in listed(s["NotAction"])):
-        return False
-    if "Resource" in s:
-        if not any(wildcard(p, r.resource, False) for p in listed(s["Resource"])):
-            return False
-    elif any(wildcard(p, r.resource, False) for p in listed(s["NotResource"])):
-        return False
-    return condition_holds(s.get("Condition", {}), dict(r.context))
-
-
 def allowed(statements: list[dict], r: Request) -> bool:
-    matching = [s for s in statements if statement_matches(s, r)]
-    if any(s["Effect"] == "Deny" for s in matching):
-        return False
-    return any(s["Effect"] == "Allow" for s in matching)
+    """IAM's decision (iam_policy.py, the rehearsal's one model of it) for one request."""
+    return iam_policy.decide([{"Statement": statements}], r.action, r.resource, dict(r.context)) == iam_policy.ALLOW
 
 
 # --- the execution role, from bootstrap.yaml ---------------------------------------------------
