@@ -419,6 +419,15 @@ fn arm64_answers(
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     let _watch = Running::spawn(watch, "cargo lambda watch")?;
+    // The runtime client gives up when its first poll finds no API: wait for the emulator.
+    let listening = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            listening.elapsed() < PATIENCE,
+            "cargo lambda watch never listened on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let task_root = bootstrap.parent().unwrap_or(work);
     let mut function_env = lambda_env.to_vec();
