@@ -8,7 +8,7 @@
 //!   classifies every object there into JSON Lines; both through [`infer::bulk`].
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -251,23 +251,12 @@ impl ModelArgs {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    // CloudWatch, files and CI logs show ANSI escapes literally: colour only on a terminal.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(!infer::host::on_lambda() && std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn main() -> Result<()> {
     // SAFETY: nothing but this thread runs yet; the async runtime's workers start below.
     unsafe { infer::runtime::disable_telemetry_by_default() };
     // SAFETY: as above.
     unsafe { infer::host::ignore_stage_in_path() };
-    init_tracing();
+    infer::logging::init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

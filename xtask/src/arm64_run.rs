@@ -5,6 +5,16 @@
 //! for the same image with the same model. This is the only check that runs the artifact that
 //! ships, rather than a binary built for the machine the tests run on.
 //!
+//! The function runs in Lambda's sandbox shape (`lambda_sandbox.sh`): the zip unpacked into a
+//! read-only `/var/task`, a read-only root, only `/tmp` writable, no `/sys/devices/system/cpu`
+//! (Lambda's arm64 sandbox has no CPU lists), and the environment Lambda gives it from the
+//! template: the default `MemorySize`, `LoggingConfig.LogFormat` as `AWS_LAMBDA_LOG_FORMAT`, and
+//! the Globals' plain variables (`ORT_DYLIB_PATH`, `RUST_LOG`). The sandbox is checked first
+//! with deliberate writes, so a sandbox that let one through fails the step. Two of the
+//! template's event shapes go in: the function URL's (payload 2.0) and the REST API's on its
+//! `v1` stage (API_KEY mode); every log line the function writes must be JSON with a level, and
+//! the request line must carry the invocation's `requestId`.
+//!
 //! ONNX Runtime reads `/proc/cpuinfo` to pick its kernels. qemu-user 7.2 (Debian 12's) passes
 //! the host's through, and ONNX Runtime, finding an x86 file on an aarch64 CPU, dies with
 //! SIGSEGV while loading. The function therefore runs in a private mount namespace in which
@@ -32,6 +42,12 @@ const QEMU_CPU: &str = "neoverse-n1";
 
 /// A Neoverse-N1's `/proc/cpuinfo`, in the repository, bind-mounted over the host's.
 const CPUINFO: &str = "xtask/fixtures/neoverse-n1.cpuinfo";
+
+/// The SAM template whose defaults the function runs with.
+const TEMPLATE: &str = "infra/template.yaml";
+
+/// Builds the sandbox and runs a command in it (see the script's first lines).
+const SANDBOX: &str = include_str!("lambda_sandbox.sh");
 
 /// The model the zip embeds (`infer` bundles it at build time), which the x86-64 side loads too.
 const MODEL: &str = "models/resnet18-cifar10.onnx";
@@ -87,14 +103,24 @@ pub fn run(env: &Env) -> Result<()> {
     let expected = x86_answer(env, &image)?;
     let x86_time = x86_started.elapsed();
 
+    let lambda_env = template_environment(
+        &std::fs::read_to_string(paths::repo_root().join(TEMPLATE)).with_context(|| format!("reading {TEMPLATE}"))?,
+    )?;
+    let cpuinfo = paths::repo_root().join(CPUINFO);
+    ensure!(cpuinfo.is_file(), "{} is missing", cpuinfo.display());
+    check_sandbox(&work, &task_root, &cpuinfo)?;
+
     let arm_started = Instant::now();
-    let reply = arm64_answer(env, &work, &bootstrap, &image)?;
+    let replies = arm64_answers(env, &work, &bootstrap, &image, &cpuinfo, &lambda_env)?;
     let arm_time = arm_started.elapsed();
 
-    compare(&expected, &reply)?;
+    for (shape, reply) in &replies {
+        compare(&expected, reply).with_context(|| format!("the {shape} event"))?;
+    }
+    let reply = &replies[0].1;
     eprintln!(
         "xtask: the arm64 zip answered like x86-64 ({}, ... {} classes, largest probability difference \
-         {:.1e}, model {}); x86-64 {:.1?}, arm64 under qemu {:.1?} (start, load, answer)",
+         {:.1e}, model {}, events: {}); x86-64 {:.1?}, arm64 under qemu {:.1?} (start, load, answer)",
         expected
             .scores
             .iter()
@@ -103,8 +129,9 @@ pub fn run(env: &Env) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
         expected.scores.len(),
-        largest_difference(&expected, &reply),
+        largest_difference(&expected, reply),
         expected.version,
+        replies.iter().map(|(shape, _)| *shape).collect::<Vec<_>>().join(", "),
         x86_time,
         arm_time,
     );
@@ -231,92 +258,6 @@ impl Drop for Running {
     }
 }
 
-/// The zip's `bootstrap` under qemu, answering one `cargo lambda invoke` through the runtime API.
-fn arm64_answer(env: &Env, work: &Path, bootstrap: &Path, image: &Path) -> Result<Answer> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("finding a free port")?
-        .port();
-    let port_arg = port.to_string();
-    // `cargo lambda watch` reads a cargo project even when it builds nothing: `infer`'s.
-    let project = paths::repo_root().join("infer");
-    let mut watch = env.command("cargo");
-    watch
-        .current_dir(&project)
-        .args(["lambda", "watch", "--only-lambda-apis", "--invoke-address", "127.0.0.1"])
-        .args(["--invoke-port", &port_arg])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let _watch = Running::spawn(watch, "cargo lambda watch")?;
-
-    let cpuinfo = paths::repo_root().join(CPUINFO);
-    ensure!(cpuinfo.is_file(), "{} is missing", cpuinfo.display());
-    let mut function = emulated(&cpuinfo, bootstrap, port);
-    function
-        .current_dir(bootstrap.parent().unwrap_or(work))
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    let mut function = Running::spawn(function, "the emulated function")?;
-
-    let event = work.join("event.json");
-    let png = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
-    let top_k = format!("top_k={TOP_K}");
-    std::fs::write(
-        &event,
-        api_gateway_v2_event("/v1/predict", &top_k, "image/png", &png)?.to_string(),
-    )
-    .with_context(|| format!("writing {}", event.display()))?;
-
-    let started = Instant::now();
-    let output = loop {
-        let mut invoke = env.command("cargo");
-        invoke
-            .current_dir(&project)
-            .args([
-                "lambda",
-                "invoke",
-                "--invoke-address",
-                "127.0.0.1",
-                "--invoke-port",
-                &port_arg,
-            ])
-            .args(["--output-format", "json", "--data-file"])
-            .arg(&event)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = invoke.spawn().context("could not start cargo lambda invoke")?;
-        let output = wait_watching(child, &mut function.0, started + PATIENCE)?;
-        if output.status.success() {
-            break output;
-        }
-        // The emulator may not listen yet: retry until the function has had its time.
-        if started.elapsed() > PATIENCE {
-            bail!(
-                "cargo lambda invoke kept failing for {:.0?}: {}",
-                started.elapsed(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let reply: Value = serde_json::from_slice(&output.stdout).with_context(|| {
-        format!(
-            "cargo lambda invoke printed no JSON: {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })?;
-    ensure!(reply["statusCode"] == 200, "the arm64 function answered {reply}");
-    let body = reply["body"]
-        .as_str()
-        .with_context(|| format!("no body in the arm64 function's reply {reply}"))?;
-    let body: Value =
-        serde_json::from_str(body).with_context(|| format!("the arm64 function's body is not JSON: {body}"))?;
-    Answer::parse(&body, "arm64 function")
-}
-
 /// Waits for `invoke`, failing at once if the function it talks to dies meanwhile (a crash
 /// under emulation would otherwise look like an emulator that is slow to start), and at
 /// `deadline` if the function hangs (the invocation would wait for it for ever).
@@ -349,10 +290,56 @@ fn wait_watching(mut invoke: Child, function: &mut Child, deadline: Instant) -> 
     }
 }
 
-/// `bootstrap` under qemu-aarch64, as Lambda would start it, in a private mount namespace
-/// whose `/proc/cpuinfo` is `cpuinfo`. Mounting needs root: as anyone else it goes through
-/// `sudo -n` (CI runners have password-less sudo), and fails with sudo's message otherwise.
-fn emulated(cpuinfo: &Path, bootstrap: &Path, port: u16) -> Command {
+/// The template's defaults as Lambda hands them to the function: `MemorySize`'s default as
+/// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, `LoggingConfig.LogFormat` as `AWS_LAMBDA_LOG_FORMAT`, and
+/// the Globals' plain environment variables (an intrinsic such as `MODEL_URI`'s is left out: S3
+/// mode is not what the zip runs here). Read line by line: `!Ref` tags are not plain YAML.
+fn template_environment(template: &str) -> Result<Vec<(String, String)>> {
+    let lines: Vec<&str> = template.lines().collect();
+    let after = |start: usize, key: &str, indent: usize| {
+        lines[start..]
+            .iter()
+            .position(|l| l.len() - l.trim_start().len() == indent && l.trim_start().starts_with(key))
+            .map(|i| start + i)
+    };
+    let value = |line: &str| line.split_once(':').map(|(_, v)| v.trim().trim_matches('"').to_owned());
+    let parameters = after(0, "Parameters:", 0).context("the template has no Parameters")?;
+    let memory = after(parameters, "MemorySize:", 2).context("the template has no MemorySize parameter")?;
+    let default = after(memory, "Default:", 4)
+        .and_then(|i| value(lines[i]))
+        .context("MemorySize has no Default")?;
+    ensure!(
+        default.parse::<u32>().is_ok(),
+        "MemorySize's Default is no number: {default}"
+    );
+    let mut env = vec![("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".to_owned(), default)];
+    let globals = after(0, "Globals:", 0).context("the template has no Globals")?;
+    let format = after(globals, "LogFormat:", 6)
+        .and_then(|i| value(lines[i]))
+        .context("the Globals' LoggingConfig has no LogFormat")?;
+    env.push(("AWS_LAMBDA_LOG_FORMAT".to_owned(), format));
+    let variables = after(globals, "Variables:", 6).context("the Globals have no Environment.Variables")?;
+    for line in &lines[variables + 1..] {
+        let indent = line.len() - line.trim_start().len();
+        if line.trim().is_empty() || line.trim_start().starts_with('#') || indent > 8 {
+            continue;
+        }
+        if indent < 8 {
+            break;
+        }
+        if let Some((name, v)) = line.trim().split_once(':') {
+            let v = v.trim();
+            if !v.is_empty() && !v.starts_with('!') {
+                env.push((name.to_owned(), v.trim_matches('"').to_owned()));
+            }
+        }
+    }
+    Ok(env)
+}
+
+/// The sandbox command: `unshare` a private mount namespace and run `lambda_sandbox.sh` with
+/// `command` in it. Mounting needs root: as anyone else it goes through `sudo -n`.
+fn sandboxed(work: &Path, task_root: &Path, cpuinfo: &Path, env: &[(String, String)], command: &[&str]) -> Command {
     let mut cmd = if debian::is_root() {
         Command::new("env")
     } else {
@@ -361,27 +348,223 @@ fn emulated(cpuinfo: &Path, bootstrap: &Path, port: u16) -> Command {
         cmd
     };
     // A clean environment, as Lambda's: xtask's own holds the x86-64 ORT_DYLIB_PATH (cargo's
-    // [env]), which `infer` would load before the library beside it. sudo would reset it anyway.
+    // [env]), which `infer` would load before the library beside it.
     cmd.arg("-i")
         .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .arg(format!("AWS_LAMBDA_RUNTIME_API=http://127.0.0.1:{port}/.rt"))
-        .arg("AWS_LAMBDA_FUNCTION_NAME=infer")
-        .arg("AWS_LAMBDA_FUNCTION_MEMORY_SIZE=1024")
-        .arg("AWS_LAMBDA_FUNCTION_VERSION=$LATEST")
-        .arg(format!(
-            "LAMBDA_TASK_ROOT={}",
-            bootstrap.parent().unwrap_or(bootstrap).display()
-        ))
-        .arg("TZ=:UTC")
-        .arg("RUST_LOG=info,ort=warn");
-    cmd.args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind "$1" /proc/cpuinfo && exec qemu-aarch64 -cpu "$2" -L "$3" "$4""#)
-        .arg("sh")
-        .arg(cpuinfo)
-        .arg(QEMU_CPU)
-        .arg(SYSROOT)
-        .arg(bootstrap);
+        .args(env.iter().map(|(k, v)| format!("{k}={v}")));
+    cmd.args([
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        SANDBOX,
+        "sh",
+    ])
+    .arg(work.join("root"))
+    .arg(task_root)
+    .arg(cpuinfo)
+    .arg("1")
+    .args(command);
     cmd
+}
+
+/// Runs host tools inside the sandbox: every write outside `/tmp` must fail and the CPU lists
+/// must be gone, or the function's run below would prove nothing about Lambda's.
+fn check_sandbox(work: &Path, task_root: &Path, cpuinfo: &Path) -> Result<()> {
+    std::fs::create_dir_all(work.join("root")).context("creating the sandbox root")?;
+    let probe = "for f in /var/task/probe /probe /usr/probe /etc/probe; do \
+                 if touch \"$f\" 2>/dev/null; then echo \"wrote $f\"; fi; done; \
+                 touch /tmp/probe && echo tmp-writable; \
+                 for f in possible present online; do \
+                 if [ -e /sys/devices/system/cpu/$f ]; then echo \"cpu list $f\"; fi; done";
+    let out = sandboxed(work, task_root, cpuinfo, &[], &["/bin/sh", "-c", probe])
+        .stdin(Stdio::null())
+        .output()
+        .context("could not start the sandbox check")?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && said.trim() == "tmp-writable",
+        "the sandbox is not Lambda's shape ({}): {said}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The zip's `bootstrap` under qemu in the sandbox, answering each of the template's HTTP event
+/// shapes through cargo-lambda's runtime API; its log lines are checked afterwards.
+fn arm64_answers(
+    env: &Env,
+    work: &Path,
+    bootstrap: &Path,
+    image: &Path,
+    cpuinfo: &Path,
+    lambda_env: &[(String, String)],
+) -> Result<Vec<(&'static str, Answer)>> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port")?
+        .port();
+    let port_arg = port.to_string();
+    // `cargo lambda watch` reads a cargo project even when it builds nothing: `infer`'s.
+    let project = paths::repo_root().join("infer");
+    let mut watch = env.command("cargo");
+    watch
+        .current_dir(&project)
+        .args(["lambda", "watch", "--only-lambda-apis", "--invoke-address", "127.0.0.1"])
+        .args(["--invoke-port", &port_arg])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let _watch = Running::spawn(watch, "cargo lambda watch")?;
+    // The runtime client gives up when its first poll finds no API: wait for the emulator.
+    let listening = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            listening.elapsed() < PATIENCE,
+            "cargo lambda watch never listened on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let task_root = bootstrap.parent().unwrap_or(work);
+    let mut function_env = lambda_env.to_vec();
+    function_env.extend(
+        [
+            ("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt")),
+            ("AWS_LAMBDA_FUNCTION_NAME", "infer".to_owned()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+            ("LAMBDA_TASK_ROOT", "/var/task".to_owned()),
+            ("TZ", ":UTC".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let log_path = work.join("function.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let boot = format!("/var/task/{BOOTSTRAP}");
+    let mut function = sandboxed(
+        work,
+        task_root,
+        cpuinfo,
+        &function_env,
+        &["qemu-aarch64", "-cpu", QEMU_CPU, "-L", SYSROOT, &boot],
+    );
+    function
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(log.try_clone().context("sharing the log file")?);
+    let mut function = Running::spawn(function, "the emulated function")?;
+    let show_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let png = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    let top_k = format!("top_k={TOP_K}");
+    let events = [
+        (
+            "function URL",
+            function_url_event("/v1/predict", &top_k, "image/png", &png)?,
+        ),
+        (
+            "REST API v1 stage",
+            rest_api_event("/v1/predict", TOP_K, "image/png", &png),
+        ),
+    ];
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    for (shape, event) in events {
+        let file = work.join("event.json");
+        std::fs::write(&file, event.to_string()).with_context(|| format!("writing {}", file.display()))?;
+        let output = loop {
+            let mut invoke = env.command("cargo");
+            invoke
+                .current_dir(&project)
+                .args([
+                    "lambda",
+                    "invoke",
+                    "--invoke-address",
+                    "127.0.0.1",
+                    "--invoke-port",
+                    &port_arg,
+                ])
+                .args(["--output-format", "json", "--data-file"])
+                .arg(&file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let child = invoke.spawn().context("could not start cargo lambda invoke")?;
+            let output = wait_watching(child, &mut function.0, started + PATIENCE)
+                .map_err(|e| anyhow::anyhow!("{e:#}\nthe function's log:\n{}", show_log()))?;
+            if output.status.success() {
+                break output;
+            }
+            // The emulator may not listen yet: retry until the function has had its time.
+            if started.elapsed() > PATIENCE {
+                bail!(
+                    "cargo lambda invoke kept failing for {:.0?}: {}\nthe function's log:\n{}",
+                    started.elapsed(),
+                    String::from_utf8_lossy(&output.stderr),
+                    show_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let reply: Value = serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "cargo lambda invoke printed no JSON: {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })?;
+        ensure!(
+            reply["statusCode"] == 200,
+            "the arm64 function answered the {shape} event with {reply}"
+        );
+        let body = reply["body"]
+            .as_str()
+            .with_context(|| format!("no body in the arm64 function's reply {reply}"))?;
+        let body: Value =
+            serde_json::from_str(body).with_context(|| format!("the arm64 function's body is not JSON: {body}"))?;
+        answers.push((shape, Answer::parse(&body, "arm64 function")?));
+    }
+    drop(function);
+    check_log(&show_log(), answers.len())?;
+    Ok(answers)
+}
+
+/// Lines that ONNX Runtime's bundled libraries write to stderr themselves, outside any logger:
+/// pytorch/cpuinfo's errors and ORT's own warnings while its library loads, before `infer` can
+/// install its logger. In Lambda they reach CloudWatch as text lines (INFO to Lambda's filter).
+const NATIVE_PREFIXES: [&str; 2] = ["Error in cpuinfo:", "onnxruntime cpuid_info warning:"];
+
+/// Every line `infer` wrote is a JSON object with a level Lambda knows, and each request line
+/// (`done`) carries a request id, one per invocation.
+fn check_log(log: &str, invocations: usize) -> Result<()> {
+    let mut ids = std::collections::BTreeSet::new();
+    for line in log
+        .lines()
+        .filter(|l| !NATIVE_PREFIXES.iter().any(|p| l.starts_with(p)))
+    {
+        let value: Value = serde_json::from_str(line).with_context(|| {
+            format!("the function wrote a line that is not JSON (AWS_LAMBDA_LOG_FORMAT=JSON): {line}")
+        })?;
+        let level = value["level"].as_str().unwrap_or_default();
+        ensure!(
+            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level),
+            "a log line without a Lambda level: {line}"
+        );
+        if value["message"] == "done" {
+            let id = value["requestId"]
+                .as_str()
+                .with_context(|| format!("a request line without requestId: {line}"))?;
+            ids.insert(id.to_owned());
+        }
+    }
+    ensure!(
+        ids.len() == invocations,
+        "{invocations} invocations but request lines with {} request ids ({ids:?}):\n{log}",
+        ids.len()
+    );
+    Ok(())
 }
 
 /// Labels in the same order and probabilities within [`TOLERANCE`], from the same model. Two
@@ -437,17 +620,64 @@ fn largest_difference(expected: &Answer, got: &Answer) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// An API Gateway HTTP API (v2) `POST` event carrying `body` base64-encoded: `infer`'s test
-/// event (one file for both), with this request's path, type and body.
-fn api_gateway_v2_event(path: &str, query: &str, content_type: &str, body: &[u8]) -> Result<Value> {
+/// A function URL `POST` (payload format 2.0, as AWS documents it: the URL's own domain, stage
+/// `$default`, an IAM caller as the default `AWS_IAM` auth type sees it) carrying `body`
+/// base64-encoded, built on `infer`'s test event (one file for both).
+fn function_url_event(path: &str, query: &str, content_type: &str, body: &[u8]) -> Result<Value> {
     let mut event: Value = serde_json::from_str(include_str!("../../infer/src/testing/api_gateway_v2_event.json"))
         .context("reading infer's API Gateway test event")?;
+    let domain = "a1b2c3d4e5f6g7h8i9j0k1l2m3.lambda-url.eu-west-1.on.aws";
     event["rawPath"] = json!(path);
     event["rawQueryString"] = json!(query);
+    event["queryStringParameters"] = query.split_once('=').map_or(json!({}), |(k, v)| json!({ k: v }));
     event["headers"]["content-type"] = json!(content_type);
+    event["headers"]["host"] = json!(domain);
+    event["requestContext"]["domainName"] = json!(domain);
+    event["requestContext"]["domainPrefix"] = json!("a1b2c3d4e5f6g7h8i9j0k1l2m3");
+    event["requestContext"]["apiId"] = json!("a1b2c3d4e5f6g7h8i9j0k1l2m3");
+    event["requestContext"]["authorizer"] = json!({"iam": {
+        "accessKey": "AKIAIOSFODNN7EXAMPLE", "accountId": "123456789012",
+        "callerId": "AIDACKCEVSQ6C2EXAMPLE", "principalOrgId": null,
+        "userArn": "arn:aws:iam::123456789012:user/smoke", "userId": "AIDACKCEVSQ6C2EXAMPLE"
+    }});
     event["requestContext"]["http"]["path"] = json!(path);
     event["body"] = json!(base64::engine::general_purpose::STANDARD.encode(body));
     Ok(event)
+}
+
+/// An API Gateway REST API proxy event (`AWS_PROXY` on `{proxy+}`, as AWS documents it) on the
+/// template's `v1` stage with an API key, as API_KEY mode delivers it: `path` without the stage,
+/// `requestContext.path` with it, the binary body base64-encoded (`BinaryMediaTypes: */*`).
+fn rest_api_event(path: &str, top_k: usize, content_type: &str, body: &[u8]) -> Value {
+    let top_k = top_k.to_string();
+    json!({
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": "POST",
+        "headers": {
+            "Content-Type": content_type, "Host": "abcdef1234.execute-api.eu-west-1.amazonaws.com",
+            "x-api-key": "k3y0000000000000000000000000000000000000", "X-Forwarded-Proto": "https"
+        },
+        "multiValueHeaders": {
+            "Content-Type": [content_type], "Host": ["abcdef1234.execute-api.eu-west-1.amazonaws.com"],
+            "x-api-key": ["k3y0000000000000000000000000000000000000"], "X-Forwarded-Proto": ["https"]
+        },
+        "queryStringParameters": {"top_k": top_k},
+        "multiValueQueryStringParameters": {"top_k": [top_k]},
+        "pathParameters": {"proxy": path.trim_start_matches('/')},
+        "stageVariables": null,
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "abcdef1234", "resourceId": "a1b2c3",
+            "resourcePath": "/{proxy+}", "httpMethod": "POST", "stage": "v1",
+            "path": format!("/v1{path}"), "protocol": "HTTP/1.1",
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef", "extendedRequestId": "abcdEFGHijk=",
+            "requestTime": "06/Dec/2026:12:00:00 +0000", "requestTimeEpoch": 1_796_558_400_000_i64,
+            "domainName": "abcdef1234.execute-api.eu-west-1.amazonaws.com", "domainPrefix": "abcdef1234",
+            "identity": {"sourceIp": "192.0.2.1", "userAgent": "smoke", "apiKey": "k3y0000000000000000000000000000000000000", "apiKeyId": "keyid1"}
+        },
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+        "isBase64Encoded": true
+    })
 }
 
 #[cfg(test)]
@@ -459,6 +689,18 @@ mod tests {
             version: "abc".into(),
             scores: scores.iter().map(|(l, p)| ((*l).to_owned(), *p)).collect(),
         }
+    }
+
+    #[test]
+    fn the_template_gives_the_memory_size_log_format_and_plain_variables() -> Result<()> {
+        let template = std::fs::read_to_string(paths::repo_root().join(TEMPLATE))?;
+        let env = template_environment(&template)?;
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert!(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").is_some_and(|m| m.parse::<u32>().is_ok()));
+        assert_eq!(get("AWS_LAMBDA_LOG_FORMAT"), Some("JSON"));
+        assert!(get("ORT_DYLIB_PATH").is_some_and(|p| p.starts_with("/var/task/")));
+        assert_eq!(get("MODEL_URI"), None);
+        Ok(())
     }
 
     #[test]
