@@ -250,7 +250,9 @@ enum Input {
 fn parse(state: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<(InferRequest, Input), ApiError> {
     let info = state.info();
     let (json_part, binary) = split_body(headers, body)?;
-    let mut request: InferRequest = serde_json::from_slice(&json_part)
+    // No request may carry more numbers than this: keeping more would only waste memory.
+    let cap = state.limits.max_images.saturating_mul(info.image_len());
+    let mut request: InferRequest = tensors::with_number_cap(cap, || serde_json::from_slice(&json_part))
         .map_err(|e| ApiError::bad_request("bad_json", format!("the inference request is invalid: {e}")))?;
     let image_input = image_input_name(info);
     if request.inputs.len() != 1 {

@@ -6,10 +6,13 @@
 //! strings of a `BYTES` tensor), `parameters` into scalars, never into a `serde_json::Value` tree,
 //! which costs tens of bytes per number. A JSON number takes at least two bytes of the body
 //! (`0,`) and is kept in four, so a request's parsed tensors stay within a small multiple of the
-//! body limit (the server test `a_v2_body_of_zeros_keeps_peak_memory_bounded` measures it).
+//! body limit (the server test `a_v2_body_of_zeros_keeps_peak_memory_bounded` measures it), and
+//! no more numbers are kept than the largest request may carry ([`with_number_cap`]): the rest
+//! are only counted.
 //! Problems with the elements are noted while reading and reported after it, against the shape
 //! and datatype the tensor declares, wherever in the object those come.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -107,11 +110,29 @@ impl<'de> Deserialize<'de> for Param {
     }
 }
 
+thread_local! {
+    /// The most numbers a `data` being read on this thread keeps ([`with_number_cap`]).
+    static NUMBER_CAP: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Runs `parse` with every [`TensorData`] it reads keeping at most `cap` numbers. A thread-local
+/// and not a `DeserializeSeed`: the cap would otherwise have to be threaded by hand through the
+/// request's, the inputs' and the tensor's visitors, which derive does for us.
+pub(super) fn with_number_cap<T>(cap: usize, parse: impl FnOnce() -> T) -> T {
+    let before = NUMBER_CAP.replace(cap);
+    let out = parse();
+    NUMBER_CAP.set(before);
+    out
+}
+
 /// A tensor's `data`, flat or nested (row-major), read flat: its numbers, its strings, and the
 /// first problem met on the way.
 #[derive(Debug, Default)]
 pub(super) struct TensorData {
     numbers: Vec<f32>,
+    /// Numbers read, kept or not.
+    count: usize,
+    cap: usize,
     strings: Vec<String>,
     /// The kind of the first element that is neither a number nor a string.
     other: Option<&'static str>,
@@ -120,8 +141,8 @@ pub(super) struct TensorData {
 }
 
 impl TensorData {
-    /// The FP32 elements, or what is wrong with them.
-    fn into_numbers(self) -> Result<Vec<f32>, ApiError> {
+    /// The FP32 elements, or what is wrong with them; `shape` says there are `len`.
+    fn into_numbers(self, len: usize, shape: &[i64]) -> Result<Vec<f32>, ApiError> {
         let wrong = self.other.or((!self.strings.is_empty()).then_some("a string"));
         if let Some(kind) = wrong {
             return Err(ApiError::unprocessable(format!(
@@ -133,6 +154,12 @@ impl TensorData {
                 "`data` element {n} is not a finite FP32"
             )));
         }
+        if self.count != len {
+            return Err(ApiError::unprocessable(format!(
+                "`data` has {} elements; shape {shape:?} needs {len}",
+                self.count
+            )));
+        }
         Ok(self.numbers)
     }
 
@@ -140,7 +167,7 @@ impl TensorData {
     fn into_strings(self) -> Result<Vec<String>, ApiError> {
         let wrong = self
             .other
-            .or((!self.numbers.is_empty() || self.not_finite.is_some()).then_some("a number"));
+            .or((self.count > 0 || self.not_finite.is_some()).then_some("a number"));
         if let Some(kind) = wrong {
             return Err(ApiError::unprocessable(format!(
                 "`data` holds {kind}, expected base64 strings of encoded images"
@@ -152,7 +179,10 @@ impl TensorData {
 
 impl<'de> Deserialize<'de> for TensorData {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut data = TensorData::default();
+        let mut data = TensorData {
+            cap: NUMBER_CAP.get(),
+            ..TensorData::default()
+        };
         Flatten(&mut data).deserialize(deserializer)?;
         Ok(data)
     }
@@ -168,8 +198,11 @@ impl Flatten<'_> {
 
     fn number(self, v: f64) {
         let x = v as f32;
+        self.0.count += 1;
         if x.is_finite() {
-            self.0.numbers.push(x);
+            if self.0.numbers.len() < self.0.cap {
+                self.0.numbers.push(x);
+            }
         } else {
             self.0.not_finite.get_or_insert_with(|| v.to_string());
         }
@@ -274,7 +307,7 @@ pub(super) fn fp32_input(
             }
             data
         }
-        (None, Some(data)) => data.into_numbers()?,
+        (None, Some(data)) => data.into_numbers(len, &tensor.shape)?,
         (None, None) => {
             return Err(ApiError::unprocessable(format!(
                 "input {:?} has neither `data` nor `binary_data_size`",
