@@ -74,8 +74,9 @@ pub struct Limits {
     pub deadline: Duration,
 }
 
-/// The default `Limits::max_in_flight`.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+/// The default `Limits::max_in_flight`: enough to keep the decoders and a batch busy on a small
+/// CPU; more only adds waiting (p99) and bodies held in memory (infer/BENCHMARKS.md, "Overload").
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
 /// The default `Limits::deadline`.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
