@@ -1,16 +1,18 @@
 //! The hosts around the router: AWS Lambda (API Gateway REST and HTTP APIs, Function URLs, ALB;
 //! `lambda_http` decodes base64 binary bodies; beside them, Step Functions Distributed Map
-//! batches) and a plain HTTP server with graceful shutdown.
+//! batches) and a plain HTTP server with graceful shutdown that has a deadline.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
-use crate::api::{AppState, Limits, router};
-use crate::batch::{BatchConfig, Engine};
+use crate::api::{AppState, Drain, Limits, router};
+use crate::batch::{BatchConfig, Engine, Health};
 use crate::bulk::map::{MapBatch, Worker as MapWorker};
 use crate::graph_cache::{CacheOutcome, GraphCache};
 use crate::metrics::Metrics;
@@ -145,14 +147,33 @@ fn load_file_from_cache(
 
 /// The router over a loaded classifier.
 pub fn app(classifier: Arc<Classifier>, batching: BatchConfig, limits: Limits) -> Router {
+    build(classifier, batching, limits).router
+}
+
+/// The router and what a host needs beside it to run it well.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub router: Router,
+    /// Whether the model's batch workers are still there.
+    pub health: Arc<Health>,
+    /// Ends the requests in flight when shutdown's grace period is over.
+    pub drain: Drain,
+}
+
+/// [`app`], with the batch workers' health and the drain.
+pub fn build(classifier: Arc<Classifier>, batching: BatchConfig, limits: Limits) -> App {
     let metrics = Arc::new(Metrics::default());
-    let engine = Engine::new(classifier, Arc::clone(&metrics), batching);
-    router(Arc::new(AppState {
+    let engine = Engine::with_queue(classifier, Arc::clone(&metrics), batching, limits.max_queue);
+    let health = Arc::clone(engine.health());
+    let drain = Drain::default();
+    let router = router(Arc::new(AppState {
         engine,
         metrics,
         limits,
         decoding: Arc::new(Semaphore::new(limits.max_decoding.max(1))),
-    }))
+        drain: drain.clone(),
+    }));
+    App { router, health, drain }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and finishes the requests in flight.
@@ -162,6 +183,72 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// How long connections may stay open after the grace period's 503s went out (a client that
+/// does not read its answer must not hold the process up).
+const LINGER: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("every batch worker has stopped and none could be restarted: the server cannot classify")]
+    WorkersLost,
+}
+
+/// Serves `app` until `shutdown` resolves or its batch workers are lost; then stops accepting,
+/// gives the requests in flight `grace` to finish, answers those still running 503
+/// (`shutting_down`), and returns. Losing the workers is an error, so that the process exits
+/// non-zero and its supervisor starts a new one.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), ServeError> {
+    let App { router, health, drain } = app;
+    let lost = Arc::new(AtomicBool::new(false));
+    let (stopping, stopped) = oneshot::channel::<()>();
+    let signal = {
+        let lost = Arc::clone(&lost);
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = health.lost() => {
+                    tracing::error!("no batch worker is left; shutting down");
+                    lost.store(true, Ordering::SeqCst);
+                }
+            }
+            let _ = stopping.send(());
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                drain.expire();
+            });
+        }
+    };
+    let serving = axum::serve(listener, router)
+        .with_graceful_shutdown(signal)
+        .into_future();
+    tokio::pin!(serving);
+    let mut stopped = std::pin::pin!(stopped);
+    let mut stopping_since = false;
+    let result = loop {
+        tokio::select! {
+            result = &mut serving => break result,
+            // An error means the signal future was dropped: the server has ended.
+            _ = &mut stopped, if !stopping_since => stopping_since = true,
+            () = tokio::time::sleep(grace + LINGER), if stopping_since => {
+                tracing::warn!("connections still open {:?} after shutdown began; closing them", grace + LINGER);
+                break Ok(());
+            }
+        }
+    };
+    result?;
+    if lost.load(Ordering::SeqCst) {
+        return Err(ServeError::WorkersLost);
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM (what container runtimes send) or SIGINT (Ctrl-C).

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,26 +92,48 @@ struct ServeArgs {
     #[arg(long, env = "INFER_ADDR", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
     /// Largest request body in bytes (Lambda's synchronous limit by default).
-    #[arg(long, env = "INFER_MAX_BODY_BYTES", default_value_t = infer::api::DEFAULT_MAX_BODY)]
-    max_body_bytes: usize,
+    #[arg(long, env = "INFER_MAX_BODY_BYTES", default_value_t = NonZeroUsize::new(infer::api::DEFAULT_MAX_BODY).unwrap_or(NonZeroUsize::MIN))]
+    max_body_bytes: NonZeroUsize,
     /// Most images in one request.
-    #[arg(long, env = "INFER_MAX_IMAGES", default_value_t = Limits::default().max_images)]
-    max_images: usize,
+    #[arg(long, env = "INFER_MAX_IMAGES", default_value_t = NonZeroUsize::new(Limits::default().max_images).unwrap_or(NonZeroUsize::MIN))]
+    max_images: NonZeroUsize,
     /// Largest image side in pixels accepted by the decoder.
-    #[arg(long, env = "INFER_MAX_SIDE", default_value_t = DecodeLimits::default().max_width)]
+    #[arg(long, env = "INFER_MAX_SIDE", default_value_t = DecodeLimits::default().max_width,
+          value_parser = clap::value_parser!(u32).range(1..))]
     max_side: u32,
     /// Images decoded at once across all requests (each may take up to 64 MiB while it is
     /// decoded) [default: the CPUs available].
     #[arg(long, env = "INFER_MAX_DECODING")]
-    max_decoding: Option<usize>,
+    max_decoding: Option<NonZeroUsize>,
     /// Images per model run when micro-batching; 1 turns micro-batching off.
-    #[arg(long, env = "INFER_MAX_BATCH", default_value_t = BatchConfig::default().max_batch)]
-    max_batch: usize,
+    #[arg(long, env = "INFER_MAX_BATCH", default_value_t = NonZeroUsize::new(BatchConfig::default().max_batch).unwrap_or(NonZeroUsize::MIN))]
+    max_batch: NonZeroUsize,
     /// How long a request waits for others to batch with, in milliseconds (0: batch only what
     /// queued while the model was busy).
-    #[arg(long, env = "INFER_BATCH_WAIT_MS", default_value_t = BatchConfig::default().max_wait.as_secs_f64() * 1e3)]
-    batch_wait_ms: f64,
+    #[arg(long, env = "INFER_BATCH_WAIT_MS", default_value_t = BatchConfig::default().max_wait.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_BATCH_WAIT_MS))]
+    batch_wait_ms: u64,
+    /// Prediction requests handled at once; one more is answered 503 with Retry-After.
+    #[arg(long, env = "INFER_MAX_IN_FLIGHT", default_value_t = NonZeroUsize::new(infer::api::DEFAULT_MAX_IN_FLIGHT).unwrap_or(NonZeroUsize::MIN))]
+    max_in_flight: NonZeroUsize,
+    /// Requests waiting for the model at once; one more is answered 503 with Retry-After.
+    #[arg(long, env = "INFER_MAX_QUEUE", default_value_t = NonZeroUsize::new(infer::batch::DEFAULT_MAX_QUEUE).unwrap_or(NonZeroUsize::MIN))]
+    max_queue: NonZeroUsize,
+    /// Milliseconds a prediction request may take, from its first byte to its answer; 504 after.
+    #[arg(long, env = "INFER_DEADLINE_MS", default_value_t = infer::api::DEFAULT_DEADLINE.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_DEADLINE_MS))]
+    deadline_ms: u64,
+    /// Milliseconds the requests in flight get to finish after SIGTERM/SIGINT; those still
+    /// running then are answered 503.
+    #[arg(long, env = "INFER_SHUTDOWN_GRACE_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_DEADLINE_MS))]
+    shutdown_grace_ms: u64,
 }
+
+/// An hour: longer than any client or load balancer waits.
+const MAX_DEADLINE_MS: u64 = 3_600_000;
+/// Longer than a request's deadline would make no sense; a minute is already far too long.
+const MAX_BATCH_WAIT_MS: u64 = 60_000;
 
 #[derive(Debug, Args)]
 struct PredictArgs {
@@ -286,14 +309,14 @@ async fn lambda() -> Result<()> {
     let classify = infer::bulk::Classify::new(
         Arc::clone(&classifier),
         BatchConfig {
-            max_batch: args.max_batch.max(1),
+            max_batch: args.max_batch.get(),
             max_wait: Duration::ZERO,
         },
         args.limits(),
     );
     let worker = infer::bulk::map::Worker::new(Arc::new(classify), infer::bulk::DEFAULT_CONCURRENCY);
     // One request at a time per instance: nothing to batch.
-    let app = infer::host::app(
+    let app = infer::host::build(
         classifier,
         BatchConfig {
             max_batch: 1,
@@ -301,9 +324,14 @@ async fn lambda() -> Result<()> {
         },
         args.limits(),
     );
-    infer::host::run_lambda_with_map(app, Arc::new(worker))
-        .await
-        .map_err(|e| anyhow::anyhow!("the Lambda runtime stopped: {e}"))
+    let health = Arc::clone(&app.health);
+    // Without batch workers every request would fail: exiting makes Lambda start a new sandbox.
+    tokio::select! {
+        result = infer::host::run_lambda_with_map(app.router, Arc::new(worker)) => {
+            result.map_err(|e| anyhow::anyhow!("the Lambda runtime stopped: {e}"))
+        }
+        () = health.lost() => bail!("{}", infer::host::ServeError::WorkersLost),
+    }
 }
 
 impl ServeArgs {
@@ -317,7 +345,17 @@ impl ServeArgs {
     }
 
     fn limits(&self) -> Limits {
-        limits(self.max_body_bytes, self.max_images, self.max_side, self.max_decoding)
+        Limits {
+            max_in_flight: self.max_in_flight.get(),
+            max_queue: self.max_queue.get(),
+            deadline: Duration::from_millis(self.deadline_ms),
+            ..limits(
+                self.max_body_bytes.get(),
+                self.max_images.get(),
+                self.max_side,
+                self.max_decoding.map(NonZeroUsize::get),
+            )
+        }
     }
 }
 
@@ -333,20 +371,18 @@ fn limits(max_body: usize, max_images: usize, max_side: u32, max_decoding: Optio
             ..defaults.decode
         },
         max_decoding: max_decoding.unwrap_or(defaults.max_decoding).max(1),
+        ..defaults
     }
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let start = Instant::now();
     let classifier = args.model.load().await?;
-    if !(args.batch_wait_ms.is_finite() && args.batch_wait_ms >= 0.0) {
-        bail!("--batch-wait-ms must be a non-negative number of milliseconds");
-    }
     let batching = BatchConfig {
-        max_batch: args.max_batch.max(1),
-        max_wait: Duration::from_secs_f64(args.batch_wait_ms / 1e3),
+        max_batch: args.max_batch.get(),
+        max_wait: Duration::from_millis(args.batch_wait_ms),
     };
-    let app = infer::host::app(classifier, batching, args.limits());
+    let app = infer::host::build(classifier, batching, args.limits());
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("binding {}", args.addr))?;
@@ -360,7 +396,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         startup_ms = start.elapsed().as_secs_f64() * 1e3,
         "serving"
     );
-    infer::host::serve(listener, app, infer::host::shutdown_signal())
+    let grace = Duration::from_millis(args.shutdown_grace_ms);
+    infer::host::serve_app(listener, app, infer::host::shutdown_signal(), grace)
         .await
         .context("serving HTTP")?;
     tracing::info!("stopped");
@@ -480,18 +517,29 @@ mod tests {
         let args = ServeArgs::from_env()?;
         let batching = BatchConfig::default();
         assert_eq!(
-            (args.max_batch, Duration::from_secs_f64(args.batch_wait_ms / 1e3)),
+            (args.max_batch.get(), Duration::from_millis(args.batch_wait_ms)),
             (batching.max_batch, batching.max_wait)
         );
         let given = args.limits();
         let defaults = Limits::default();
         assert_eq!(
-            (given.max_body, given.max_images, given.decode, given.max_decoding),
+            (
+                given.max_body,
+                given.max_images,
+                given.decode,
+                given.max_decoding,
+                given.max_in_flight,
+                given.max_queue,
+                given.deadline
+            ),
             (
                 defaults.max_body,
                 defaults.max_images,
                 defaults.decode,
-                defaults.max_decoding
+                defaults.max_decoding,
+                defaults.max_in_flight,
+                defaults.max_queue,
+                defaults.deadline
             )
         );
         Ok(())

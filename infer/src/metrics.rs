@@ -1,5 +1,6 @@
 //! Prometheus text metrics: requests by route and status, a latency histogram per route, and the
-//! sizes of the batches the model ran.
+//! sizes of the batches the model ran. Every label comes from a closed set (the methods below,
+//! the router's own route templates, the status codes), so no client can add a series.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -46,9 +47,19 @@ impl Histogram {
     }
 }
 
+/// The methods counted by name; every other one is counted as `other`.
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// `method` as a label: one of [`METHODS`], or `other`.
+fn method_label(method: &str) -> &'static str {
+    METHODS.into_iter().find(|m| *m == method).unwrap_or("other")
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    requests: BTreeMap<(String, String, u16), u64>,
+    requests: BTreeMap<(&'static str, String, u16), u64>,
     latency: BTreeMap<String, Histogram>,
     batches: Histogram,
     images: u64,
@@ -61,11 +72,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// One answered request; `route` is the router's template (or `unmatched`), never the path.
     pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         if let Ok(mut inner) = self.inner.lock() {
             *inner
                 .requests
-                .entry((method.to_owned(), route.to_owned(), status))
+                .entry((method_label(method), route.to_owned(), status))
                 .or_default() += 1;
             inner
                 .latency
@@ -141,5 +153,19 @@ mod tests {
         assert!(text.contains("infer_batch_size_bucket{le=\"2\"} 0"));
         assert!(text.contains("infer_batch_size_bucket{le=\"4\"} 1"));
         assert!(text.contains("infer_images_total 3"));
+    }
+
+    #[test]
+    fn invented_methods_share_one_series() {
+        let m = Metrics::default();
+        for method in ["BREW", "WHEN", "X-ANYTHING-AT-ALL"] {
+            m.record_request(method, "unmatched", 405, Duration::from_micros(10));
+        }
+        let text = m.render();
+        assert!(
+            text.contains("infer_http_requests_total{method=\"other\",route=\"unmatched\",status=\"405\"} 3"),
+            "{text}"
+        );
+        assert!(!text.contains("BREW"), "{text}");
     }
 }

@@ -32,6 +32,8 @@ pub struct ModelInfo {
     /// The first 12 hex digits of the model file's sha256: changes whenever the weights do.
     pub version: String,
     pub sha256: String,
+    /// Where the model came from (a path or `s3://bucket/key`): for the log, never for clients.
+    #[serde(skip_serializing)]
     pub source: String,
     pub class_names: Vec<String>,
     pub input_height: u32,
@@ -92,6 +94,9 @@ pub struct Classifier {
     next: AtomicUsize,
     info: ModelInfo,
     cache: CacheOutcome,
+    /// Test seam: this many next runs panic, as a bug in the runtime would.
+    #[cfg(any(test, feature = "test-support"))]
+    panics: AtomicUsize,
 }
 
 /// How start-up builds the session.
@@ -251,6 +256,15 @@ impl Classifier {
             )));
         }
 
+        // Requests bring any number of images and micro-batching merges them, so only a graph that
+        // takes any batch, or exactly one image (run image by image), can serve them.
+        if let Some(batch) = usize::try_from(in_shape[0]).ok().filter(|n| *n > 1) {
+            return Err(incompatible(format!(
+                "input `{}` has its batch dimension fixed to {batch}, but requests bring any number \
+                 of images; export the model with a symbolic batch dimension (or a batch of 1)",
+                input.name()
+            )));
+        }
         let fixed = |d: i64| u32::try_from(d).ok().filter(|d| *d > 0);
         let (input_height, input_width) = overrides
             .size
@@ -339,6 +353,8 @@ impl Classifier {
             next: AtomicUsize::new(0),
             info,
             cache,
+            #[cfg(any(test, feature = "test-support"))]
+            panics: AtomicUsize::new(0),
         };
         // Warm-up: the first run allocates and plans; it also proves the graph produces [1, C].
         // Runs one after another start at the next session, so each is warmed once.
@@ -360,6 +376,13 @@ impl Classifier {
         self.sessions.len()
     }
 
+    /// Test seam: the next `runs` runs panic (before taking a session), as a bug in the runtime
+    /// would, so that tests can see what the server does when its batch workers die.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn panic_on_next_runs(&self, runs: usize) {
+        self.panics.store(runs, Ordering::Relaxed);
+    }
+
     /// Whether start-up optimised the graph or loaded it from the cache.
     pub fn cache_outcome(&self) -> CacheOutcome {
         self.cache
@@ -368,6 +391,14 @@ impl Classifier {
     /// Runs `n` images (NCHW, `n * 3 * H * W` floats) and returns each image's logits. Blocks:
     /// call it from a blocking thread.
     pub fn run(&self, input: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        #[cfg(any(test, feature = "test-support"))]
+        if self
+            .panics
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1))
+            .is_ok()
+        {
+            panic!("a model run told to panic (test seam)");
+        }
         let info = &self.info;
         if n == 0 {
             return Ok(Vec::new());

@@ -4,6 +4,7 @@
 
 pub mod lambda;
 pub mod moto;
+pub mod slow;
 
 use onnx::ModelMetadata;
 use onnx::proto::{

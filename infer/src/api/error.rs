@@ -4,7 +4,7 @@
 //! goes to the log under the request id, and the reply names the id.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header: the server is overloaded, not the request at fault.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -24,6 +26,16 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 503 with `Retry-After`: the server cannot take the request now; the same request may
+    /// succeed a moment later.
+    pub(super) fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
         }
     }
 
@@ -91,13 +103,26 @@ impl From<ApiError> for V2Error {
 
 impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
-        (self.0.status, Json(json!({"error": self.0.message}))).into_response()
+        let retry_after = self.0.retry_after;
+        with_retry_after(
+            (self.0.status, Json(json!({"error": self.0.message}))).into_response(),
+            retry_after,
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        with_retry_after((self.status, Json(body)).into_response(), self.retry_after)
     }
+}
+
+fn with_retry_after(mut response: Response, seconds: Option<u32>) -> Response {
+    if let Some(seconds) = seconds {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }

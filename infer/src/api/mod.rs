@@ -4,6 +4,13 @@
 //! the OpenAPI document. Every error is JSON `{"error": {"code", "message"}}` with the status that
 //! names its class, except on `/v2`, which answers its protocol's `{"error": "<message>"}`
 //! (`error`). The routes live in one table ([`routes`]).
+//!
+//! The prediction routes are bounded by tower layers ([`guard`]): at most `max_in_flight`
+//! requests at once (one more is shed at once with 503 and `Retry-After`), each answered within
+//! `deadline` (504 after it), whatever part of the work it was in: reading the body, waiting to
+//! decode, decoding, or waiting for the model. The model's queue is bounded too (503 when full,
+//! [`crate::batch`]), and when shutdown's grace period runs out every request still in flight is
+//! answered 503 ([`Drain`]).
 
 mod error;
 pub mod openapi;
@@ -13,22 +20,28 @@ mod v2;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use axum::BoxError;
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::handler::Handler;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use image::RgbImage;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
 use tracing::Instrument;
 
-use crate::batch::Engine;
+use crate::batch::{Engine, EngineError};
 use crate::metrics::Metrics;
 use crate::model::ModelInfo;
 use crate::preprocess::{DecodeLimits, Normalisation, preprocess_seen};
@@ -52,7 +65,21 @@ pub struct Limits {
     /// `decode.max_alloc` bytes, so this, not the number of connections, bounds decoding memory;
     /// decoding is CPU-bound, so more than one per CPU adds memory and no throughput.
     pub max_decoding: usize,
+    /// Prediction requests handled at once; one more is answered 503 at once. Each may hold a
+    /// body of up to `max_body` bytes, so this bounds the memory that bodies take.
+    pub max_in_flight: usize,
+    /// Requests waiting for the model at once ([`crate::batch`]); one more is answered 503.
+    pub max_queue: usize,
+    /// How long a prediction request may take, from its first byte to its answer; 504 after.
+    pub deadline: Duration,
 }
+
+/// The default `Limits::max_in_flight`: enough to keep the decoders and a batch busy on a small
+/// CPU; more only adds waiting (p99) and bodies held in memory (infer/BENCHMARKS.md, "Overload").
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+
+/// The default `Limits::deadline`.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -61,7 +88,34 @@ impl Default for Limits {
             max_images: 32,
             decode: DecodeLimits::default(),
             max_decoding: crate::model::default_threads(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_queue: crate::batch::DEFAULT_MAX_QUEUE,
+            deadline: DEFAULT_DEADLINE,
         }
+    }
+}
+
+/// Ends the requests still in flight when shutdown's grace period is over: each is answered 503
+/// (`shutting_down`) instead of being cut off with its connection.
+#[derive(Debug, Clone)]
+pub struct Drain(Arc<watch::Sender<bool>>);
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(false)))
+    }
+}
+
+impl Drain {
+    /// Answers every request in flight, and every later one, with 503.
+    pub fn expire(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn expired(&self) {
+        let mut rx = self.0.subscribe();
+        // `self` holds the sender, so waiting cannot fail.
+        let _ = rx.wait_for(|expired| *expired).await;
     }
 }
 
@@ -73,11 +127,17 @@ pub struct AppState {
     pub limits: Limits,
     /// `limits.max_decoding` permits; a request holds one while its images are decoded.
     pub decoding: Arc<Semaphore>,
+    pub drain: Drain,
 }
 
 impl AppState {
     fn info(&self) -> &ModelInfo {
         self.engine.classifier().info()
+    }
+
+    /// Whether the model can be run: a batch worker is left.
+    fn ready(&self) -> bool {
+        self.engine.health().ready()
     }
 }
 
@@ -157,19 +217,74 @@ pub fn routes() -> Vec<Route> {
     table().into_iter().map(|(route, _)| route).collect()
 }
 
-/// The router with every route, error class, metrics and request-id logging.
+/// The router with every route, error class, metrics and request-id logging; the prediction
+/// routes (every `POST`) behind the guard: load shedding, a concurrency limit that all of them
+/// share, and the deadline, as tower layers whose errors become the error JSON ([`guard_error`]).
 pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.limits.max_body;
+    let (deadline, max_in_flight) = (state.limits.deadline, state.limits.max_in_flight.max(1));
+    let guard = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(move |uri: Uri, err: BoxError| {
+            std::future::ready(guard_error(&uri, &err, deadline, max_in_flight))
+        }))
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::new(max_in_flight))
+        .layer(TimeoutLayer::new(deadline));
     let mut router = Router::new();
     for (route, handler) in table() {
+        let handler = match route.verb {
+            Verb::Post => handler.layer(guard.clone()),
+            Verb::Get => handler,
+        };
         router = router.route(route.path, handler);
     }
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), drain))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
         .with_state(state)
+}
+
+/// The error reply for what the guard's layers fail with.
+fn guard_error(uri: &Uri, err: &BoxError, deadline: Duration, max_in_flight: usize) -> Response {
+    let err = if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::unavailable(
+            "overloaded",
+            format!("the server is handling its limit of {max_in_flight} requests; try again shortly"),
+        )
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            format!(
+                "the request was not answered within the server's deadline of {} ms",
+                deadline.as_millis()
+            ),
+        )
+    } else {
+        tracing::error!("request guard failed: {err}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    };
+    if is_v2_path(uri.path()) {
+        V2Error(err).into_response()
+    } else {
+        err.into_response()
+    }
+}
+
+/// Answers 503 once shutdown's grace period is over ([`Drain`]).
+async fn drain(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let v2 = is_v2(&req);
+    tokio::select! {
+        biased;
+        response = next.run(req) => response,
+        () = state.drain.expired() => {
+            let err = ApiError::unavailable("shutting_down", "the server is shutting down; try again elsewhere");
+            if v2 { V2Error(err).into_response() } else { err.into_response() }
+        }
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -217,7 +332,10 @@ async fn observe(State(state): State<Shared>, mut req: Request, next: Next) -> R
 
 /// The Open Inference Protocol's clients parse its own error shape on every `/v2` path.
 fn is_v2(req: &Request) -> bool {
-    let path = req.uri().path();
+    is_v2_path(req.uri().path())
+}
+
+fn is_v2_path(path: &str) -> bool {
     path == "/v2" || path.starts_with("/v2/")
 }
 
@@ -307,23 +425,41 @@ async fn preprocess_images(
     .map_err(|e| ApiError::internal(id, format!("the preprocessing task failed: {e}")))?
 }
 
-/// Logits for `n` preprocessed images; a failure is an internal error.
+/// Logits for `n` preprocessed images; a full queue or no worker left is 503, any other failure
+/// an internal error.
 async fn run_model(state: &Shared, id: &RequestId, input: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>, ApiError> {
-    state
-        .engine
-        .infer(input, n)
-        .await
-        .map_err(|e| ApiError::internal(id, format!("inference failed: {e}")))
+    state.engine.try_infer(input, n).await.map_err(|e| match e {
+        EngineError::Busy { capacity } => ApiError::unavailable(
+            "queue_full",
+            format!("the model's queue is full ({capacity} requests are waiting); try again shortly"),
+        ),
+        EngineError::Stopped => not_ready(),
+        other => ApiError::internal(id, format!("inference failed: {other}")),
+    })
+}
+
+fn not_ready() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        "the model's batch workers have stopped; the server cannot classify",
+    )
 }
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The model is loaded and warmed up before the router exists, so a router that answers is ready.
-async fn readyz(State(state): State<Shared>) -> Json<Value> {
+/// The model is loaded and warmed up before the router exists, so a router that answers is ready
+/// while a batch worker is left to run the model.
+async fn readyz(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    if !state.ready() {
+        return Err(not_ready());
+    }
     let info = state.info();
-    Json(json!({"status": "ready", "model": info.name, "version": info.version}))
+    Ok(Json(
+        json!({"status": "ready", "model": info.name, "version": info.version}),
+    ))
 }
 
 async fn model_info(State(state): State<Shared>) -> Json<Value> {
@@ -332,7 +468,6 @@ async fn model_info(State(state): State<Shared>) -> Json<Value> {
         "name": info.name,
         "version": info.version,
         "sha256": info.sha256,
-        "source": info.source,
         "class_names": info.class_names,
         "input": {"name": info.input_name, "height": info.input_height, "width": info.input_width,
                   "channel_order": info.channel_order, "layout": info.layout, "mean": info.mean, "std": info.std},

@@ -14,11 +14,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{ApiError, RequestId, Shared, V2Error, media_type, preprocess_images, read_body, run_model};
 use crate::model::ModelInfo;
-use tensors::{InputTensor, bytes_elements_binary, bytes_input, fp32_input};
+use tensors::{InputTensor, Param, Parameters, bytes_elements_binary, bytes_input, fp32_input};
 
 /// The protocol extensions this server implements, as `GET /v2` lists them.
 pub const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "classification"];
@@ -44,8 +44,15 @@ pub(super) async fn live() -> Json<Value> {
     Json(json!({"live": true}))
 }
 
-pub(super) async fn ready() -> Json<Value> {
-    Json(json!({"ready": true}))
+/// The protocol answers health with the status: 200 for true, a 4xx for false.
+fn health(ready: bool, mut body: Value) -> Response {
+    body["ready"] = json!(ready);
+    let status = if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    (status, Json(body)).into_response()
+}
+
+pub(super) async fn ready(State(state): State<Shared>) -> Response {
+    health(state.ready(), json!({}))
 }
 
 fn known_model<'a>(state: &'a Shared, name: &str, version: Option<&str>) -> Result<&'a ModelInfo, V2Error> {
@@ -77,11 +84,11 @@ fn metadata(info: &ModelInfo) -> Value {
         "name": info.name,
         "versions": [info.version],
         "platform": "onnxruntime_onnx",
-        // Either input, not both: the tensor the model takes, or encoded images that the
-        // server decodes and preprocesses into it.
+        // The one input a request carries. A request may carry encoded images as a `BYTES`
+        // input instead (`image_input_name`, documented in the README and the OpenAPI document):
+        // listing both here would tell a client that builds its request from this to send both.
         "inputs": [
             {"name": info.input_name, "datatype": "FP32", "shape": [-1, 3, info.input_height, info.input_width]},
-            {"name": image_input_name(info), "datatype": "BYTES", "shape": [-1]},
         ],
         "outputs": [{"name": info.output_name, "datatype": "FP32", "shape": [-1, info.num_classes()]}],
     })
@@ -98,17 +105,20 @@ pub(super) async fn model_version(
     Ok(Json(metadata(known_model(&state, &name, Some(&version))?)))
 }
 
-pub(super) async fn model_ready(State(state): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, V2Error> {
+pub(super) async fn model_ready(State(state): State<Shared>, Path(name): Path<String>) -> Result<Response, V2Error> {
     let info = known_model(&state, &name, None)?;
-    Ok(Json(json!({"name": info.name, "ready": true})))
+    Ok(health(state.ready(), json!({"name": info.name})))
 }
 
 pub(super) async fn model_version_ready(
     State(state): State<Shared>,
     Path((name, version)): Path<(String, String)>,
-) -> Result<Json<Value>, V2Error> {
+) -> Result<Response, V2Error> {
     let info = known_model(&state, &name, Some(&version))?;
-    Ok(Json(json!({"name": info.name, "version": info.version, "ready": true})))
+    Ok(health(
+        state.ready(),
+        json!({"name": info.name, "version": info.version}),
+    ))
 }
 
 pub(super) async fn infer(
@@ -135,7 +145,7 @@ pub(super) async fn infer_version(
 struct InferRequest {
     id: Option<String>,
     #[serde(default)]
-    parameters: Map<String, Value>,
+    parameters: Parameters,
     inputs: Vec<InputTensor>,
     outputs: Option<Vec<RequestedOutput>>,
 }
@@ -144,14 +154,14 @@ struct InferRequest {
 struct RequestedOutput {
     name: String,
     #[serde(default)]
-    parameters: Map<String, Value>,
+    parameters: Parameters,
 }
 
 /// A boolean parameter; `default` when absent.
-fn flag(parameters: &Map<String, Value>, key: &str, default: bool) -> Result<bool, ApiError> {
+fn flag(parameters: &Parameters, key: &str, default: bool) -> Result<bool, ApiError> {
     match parameters.get(key) {
         None => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
+        Some(Param::Bool(b)) => Ok(*b),
         Some(other) => Err(ApiError::unprocessable(format!(
             "parameter {key:?} must be a boolean, got {other}"
         ))),
@@ -204,17 +214,55 @@ async fn run(state: &Shared, id: &RequestId, req: Request) -> Result<Response, A
     }
     let headers = req.headers().clone();
     let body = read_body(req, state).await?;
-    let (json_part, binary) = split_body(&headers, &body)?;
-    let request: InferRequest = serde_json::from_slice(&json_part)
+    // Parsing a large JSON tensor is CPU work of its own: on a blocking thread, under the
+    // decoding limit, so that neither the async workers nor memory see more than a few at once.
+    let permit = std::sync::Arc::clone(&state.decoding)
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(id, format!("the decoding limit is closed: {e}")))?;
+    let parsing = std::sync::Arc::clone(state);
+    let (request, input) = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        parse(&parsing, &headers, &body)
+    })
+    .await
+    .map_err(|e| ApiError::internal(id, format!("the parsing task failed: {e}")))??;
+    let (input, n) = match input {
+        Input::Tensor(input, n) => (input, n),
+        Input::Images(images) => {
+            let n = images.len();
+            (preprocess_images(state, id, images, false).await?.0, n)
+        }
+    };
+    let logits = run_model(state, id, input, n).await?;
+    respond(info, &request, &logits)
+}
+
+/// What a request's one input tensor holds.
+enum Input {
+    /// FP32 NCHW floats of this many images.
+    Tensor(Vec<f32>, usize),
+    /// Encoded images, to be decoded and preprocessed.
+    Images(Vec<Bytes>),
+}
+
+/// The request and its input from the body (a blocking call: it parses all of the JSON).
+fn parse(state: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<(InferRequest, Input), ApiError> {
+    let info = state.info();
+    let (json_part, binary) = split_body(headers, body)?;
+    // No request may carry more numbers than this: keeping more would only waste memory.
+    let cap = state.limits.max_images.saturating_mul(info.image_len());
+    let mut request: InferRequest = tensors::with_number_cap(cap, || serde_json::from_slice(&json_part))
         .map_err(|e| ApiError::bad_request("bad_json", format!("the inference request is invalid: {e}")))?;
     let image_input = image_input_name(info);
-    let [tensor] = request.inputs.as_slice() else {
+    if request.inputs.len() != 1 {
         return Err(ApiError::unprocessable(format!(
             "expected exactly one input tensor, {:?} (FP32) or {image_input:?} (BYTES), got {}",
             info.input_name,
             request.inputs.len()
         )));
-    };
+    }
+    let tensor = request.inputs.remove(0);
     if tensor.parameters.keys().any(|k| k.starts_with("shared_memory")) {
         return Err(ApiError::unprocessable(
             "shared memory is not supported: send the tensor in JSON or as binary data",
@@ -247,23 +295,21 @@ async fn run(state: &Shared, id: &RequestId, req: Request) -> Result<Response, A
                     ),
                 ));
             }
-            Some(binary.clone())
+            Some(binary)
         }
     };
-    let (input, n) = if tensor.name == info.input_name {
-        fp32_input(state, info, tensor, raw)?
+    let input = if tensor.name == info.input_name {
+        let (input, n) = fp32_input(state, info, tensor, raw)?;
+        Input::Tensor(input, n)
     } else if tensor.name == image_input {
-        let images = bytes_input(state, tensor, raw)?;
-        let n = images.len();
-        (preprocess_images(state, id, images, false).await?.0, n)
+        Input::Images(bytes_input(state, tensor, raw)?)
     } else {
         return Err(ApiError::unprocessable(format!(
             "unknown input {:?}; the model takes {:?} (FP32 [N, 3, {}, {}]) or {image_input:?} (BYTES [N], encoded images)",
             tensor.name, info.input_name, info.input_height, info.input_width
         )));
     };
-    let logits = run_model(state, id, input, n).await?;
-    respond(info, &request, &logits)
+    Ok((request, input))
 }
 
 /// One output as asked for: in binary or JSON, raw or as classification strings.

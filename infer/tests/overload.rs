@@ -1,0 +1,260 @@
+//! The router in-process under more than it can do: a full model queue answers 503 with
+//! `Retry-After`, a slow model hits the deadline (504), requests beyond the concurrency limit are
+//! shed (503), dead batch workers flip readiness and make the server return an error, invented
+//! methods add no metrics series, and a model with a fixed batch other than 1 is refused at load.
+//! The slow model is a real ONNX graph ([`infer::testing::slow`]), not a sleep.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::router::{call, call_raw, get, load, post};
+use common::solid;
+use image::ImageFormat;
+use infer::api::Limits;
+use infer::batch::BatchConfig;
+use infer::model::{Classifier, ModelError, Overrides};
+use infer::testing::TinyModel;
+use infer::testing::slow::SlowModel;
+use serde_json::{Value, json};
+
+fn slow() -> Result<Arc<Classifier>> {
+    Ok(Arc::new(Classifier::load(
+        &SlowModel::new().build(),
+        "tiny",
+        "slow.onnx",
+        &Overrides::default(),
+        1,
+    )?))
+}
+
+const ALONE: BatchConfig = BatchConfig {
+    max_batch: 1,
+    max_wait: Duration::ZERO,
+};
+
+fn png() -> Vec<u8> {
+    solid([250, 10, 10], 32, 32, ImageFormat::Png)
+}
+
+/// Sends `n` predictions at once; their statuses, `Retry-After` headers and bodies.
+async fn burst(app: &axum::Router, n: usize) -> Result<Vec<(StatusCode, Option<String>, Value)>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { call_raw(&app, post("/v1/predict", "image/png", png())?).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        let (status, headers, body) = task.await??;
+        let retry = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        out.push((status, retry, serde_json::from_slice(&body)?));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_with_retry_after() -> Result<()> {
+    // One worker runs one request at a time and one more may wait: of six at once, at least
+    // three find the queue full while the first runs.
+    let limits = Limits {
+        max_queue: 1,
+        deadline: Duration::from_secs(120),
+        ..Limits::default()
+    };
+    let app = infer::host::app(slow()?, ALONE, limits);
+    let replies = burst(&app, 6).await?;
+    let full: Vec<_> = replies
+        .iter()
+        .filter(|(status, _, _)| *status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert!(full.len() >= 3, "{replies:?}");
+    for (_, retry, body) in &full {
+        assert_eq!(retry.as_deref(), Some("1"), "{body}");
+        assert_eq!(body["error"]["code"], "queue_full", "{body}");
+    }
+    for (status, _, body) in &replies {
+        assert!(
+            *status == StatusCode::OK || *status == StatusCode::SERVICE_UNAVAILABLE,
+            "{status} {body}"
+        );
+    }
+    assert!(replies.iter().any(|(status, _, _)| *status == StatusCode::OK));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_model_hits_the_deadline_in_the_error_json() -> Result<()> {
+    let limits = Limits {
+        deadline: Duration::from_millis(10),
+        ..Limits::default()
+    };
+    let app = infer::host::app(slow()?, ALONE, limits);
+    let (status, reply) = call(&app, post("/v1/predict", "image/png", png())?).await?;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{reply}");
+    assert_eq!(reply["error"]["code"], "deadline_exceeded", "{reply}");
+    assert!(
+        reply["error"]["message"].as_str().is_some_and(|m| m.contains("10 ms")),
+        "{reply}"
+    );
+    // The V2 route answers in its own shape.
+    let request = json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                                     "data": vec![0.0f32; 3 * 32 * 32]}]});
+    let (status, reply) = call(
+        &app,
+        post("/v2/models/tiny/infer", "application/json", request.to_string())?,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{reply}");
+    assert!(
+        reply["error"].as_str().is_some_and(|m| m.contains("deadline")),
+        "{reply}"
+    );
+    // Health is not behind the deadline.
+    let (status, _) = call(&app, get("/readyz")?).await?;
+    assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_concurrency_limit_are_shed_at_once() -> Result<()> {
+    let limits = Limits {
+        max_in_flight: 1,
+        deadline: Duration::from_secs(120),
+        ..Limits::default()
+    };
+    let app = infer::host::app(slow()?, ALONE, limits);
+    let replies = burst(&app, 4).await?;
+    let shed: Vec<_> = replies
+        .iter()
+        .filter(|(status, _, _)| *status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert!(!shed.is_empty(), "{replies:?}");
+    for (_, retry, body) in &shed {
+        assert_eq!(retry.as_deref(), Some("1"), "{body}");
+        assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    }
+    assert!(replies.iter().any(|(status, _, _)| *status == StatusCode::OK));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_batch_workers_flip_readiness_and_stop_the_server() -> Result<()> {
+    let classifier = load(&TinyModel::rgb(32))?;
+    let app = infer::host::build(Arc::clone(&classifier), BatchConfig::default(), Limits::default());
+    let router = app.router.clone();
+    let predict = || post("/v1/predict", "image/png", png());
+
+    // One panic: the worker is restarted and the next request is served.
+    classifier.panic_on_next_runs(1);
+    let (status, reply) = call(&router, predict()?).await?;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{reply}");
+    let (status, reply) = call(&router, predict()?).await?;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(call(&router, get("/readyz")?).await?.0, StatusCode::OK);
+
+    // Panicking again and again: the worker is given up.
+    classifier.panic_on_next_runs(usize::MAX);
+    for _ in 0..10 {
+        if !app.health.ready() {
+            break;
+        }
+        call(&router, predict()?).await?;
+    }
+    let (status, reply) = call(&router, get("/readyz")?).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+    assert_eq!(reply["error"]["code"], "not_ready", "{reply}");
+    let (status, reply) = call(&router, get("/v2/health/ready")?).await?;
+    assert_eq!(
+        (status, &reply["ready"]),
+        (StatusCode::BAD_REQUEST, &json!(false)),
+        "{reply}"
+    );
+    let (status, reply) = call(&router, predict()?).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+    assert_eq!(reply["error"]["code"], "not_ready", "{reply}");
+
+    // The server ends with an error (the binary exits non-zero with it), without a signal.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let served = tokio::time::timeout(
+        Duration::from_secs(10),
+        infer::host::serve_app(listener, app, std::future::pending(), Duration::from_millis(100)),
+    )
+    .await
+    .context("the server kept running without batch workers")?;
+    assert!(
+        matches!(served, Err(infer::host::ServeError::WorkersLost)),
+        "{served:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn invented_methods_add_no_metrics_series() -> Result<()> {
+    let app = common::router::app()?;
+    for method in ["BREW", "PROPFIND", "X-SERIES-42"] {
+        let request = Request::builder()
+            .method(Method::from_bytes(method.as_bytes())?)
+            .uri("/v1/predict")
+            .body(Body::empty())?;
+        call(&app, request).await?;
+    }
+    let response = tower::ServiceExt::oneshot(app.clone(), get("/metrics")?).await?;
+    let text = String::from_utf8(axum::body::to_bytes(response.into_body(), usize::MAX).await?.to_vec())?;
+    assert!(
+        text.contains(r#"infer_http_requests_total{method="other",route="/v1/predict",status="405"} 3"#),
+        "{text}"
+    );
+    for method in ["BREW", "PROPFIND", "X-SERIES-42"] {
+        assert!(!text.contains(method), "{method} became a label:\n{text}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_model_with_a_fixed_batch_other_than_one_is_refused_at_load() -> Result<()> {
+    let model = TinyModel {
+        fixed_batch: Some(2),
+        ..TinyModel::rgb(32)
+    };
+    let err = match load(&model) {
+        Ok(_) => anyhow::bail!("a graph fixed to batch 2 loaded"),
+        Err(e) => e.downcast::<ModelError>()?,
+    };
+    let text = err.to_string();
+    assert!(
+        matches!(err, ModelError::Incompatible { .. }) && text.contains("fixed to 2") && text.contains("symbolic"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_model_fixed_to_batch_one_serves_several_images() -> Result<()> {
+    let model = TinyModel {
+        fixed_batch: Some(1),
+        ..TinyModel::rgb(32)
+    };
+    let app = infer::host::app(load(&model)?, BatchConfig::default(), Limits::default());
+    let images: Vec<String> = [[250, 0, 0], [0, 0, 250]]
+        .iter()
+        .map(|c| common::router::b64(&solid(*c, 32, 32, ImageFormat::Png)))
+        .collect();
+    let (status, reply) = call(
+        &app,
+        post("/v1/predict", "application/json", json!({"images": images}).to_string())?,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["predictions"][0]["label"], "red", "{reply}");
+    assert_eq!(reply["predictions"][1]["label"], "blue", "{reply}");
+    Ok(())
+}
