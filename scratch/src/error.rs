@@ -50,6 +50,14 @@ pub enum ConvError {
     BiasLength { got: usize, out_channels: usize },
     #[error("kernel {dim}: the dilated kernel spans {kernel} but the padded input is only {padded}")]
     KernelTooLarge { dim: Dim, kernel: usize, padded: usize },
+    #[error("{tensor} shape {shape:?} has more elements than usize can count")]
+    ShapeOverflow { tensor: &'static str, shape: [usize; 4] },
+    #[error("{param} {dim} is too large: the size it implies ({formula}) overflows usize")]
+    Overflow {
+        param: &'static str,
+        dim: Dim,
+        formula: &'static str,
+    },
     #[error("tensor shapes differ: {left:?} vs {right:?}")]
     ShapeMismatch { left: [usize; 4], right: [usize; 4] },
 }

@@ -1,3 +1,4 @@
+use crate::tensor::elements;
 use crate::{ConvError, Dim};
 
 /// Convolution hyper-parameters, `[height, width]` pairs as in PyTorch's `F.conv2d`.
@@ -69,6 +70,8 @@ impl Geometry {
     /// Checks an input shape `[N, C, H, W]`, a weight shape `[O, C/groups, KH, KW]` and an optional
     /// bias length against `params`.
     ///
+    /// Every size it derives, the output's element count included, fits in `usize`.
+    ///
     /// # Errors
     /// A [`ConvError`] naming the first dimension that does not fit.
     pub fn new(
@@ -127,13 +130,31 @@ impl Geometry {
         {
             return Err(ConvError::BiasLength { got, out_channels });
         }
+        elements("input", input)?;
+        elements("weight", weight)?;
         let mut out = [0; 2];
         for (i, (dim, size, k)) in [(Dim::Height, height, kh), (Dim::Width, width, kw)]
             .into_iter()
             .enumerate()
         {
-            let padded = size + 2 * params.padding[i];
-            let span = params.dilation[i] * (k - 1) + 1;
+            // Checked: in release builds a wrapped size would pass the test below and send the
+            // kernels outside their buffers.
+            let padded = params.padding[i]
+                .checked_mul(2)
+                .and_then(|p| p.checked_add(size))
+                .ok_or(ConvError::Overflow {
+                    param: "padding",
+                    dim,
+                    formula: "size + 2 * padding",
+                })?;
+            let span = params.dilation[i]
+                .checked_mul(k - 1)
+                .and_then(|s| s.checked_add(1))
+                .ok_or(ConvError::Overflow {
+                    param: "dilation",
+                    dim,
+                    formula: "dilation * (kernel - 1) + 1",
+                })?;
             if span > padded {
                 return Err(ConvError::KernelTooLarge {
                     dim,
@@ -143,6 +164,7 @@ impl Geometry {
             }
             out[i] = (padded - span) / params.stride[i] + 1;
         }
+        elements("output", [batch, out_channels, out[0], out[1]])?;
         Ok(Self {
             batch,
             in_channels,

@@ -1,5 +1,20 @@
 use crate::ConvError;
 
+/// The number of elements of `shape`, or [`ConvError::ShapeOverflow`] naming `tensor`.
+pub(crate) fn elements(tensor: &'static str, shape: [usize; 4]) -> Result<usize, ConvError> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or(ConvError::ShapeOverflow { tensor, shape })
+}
+
+fn checked_len(shape: [usize; 4]) -> usize {
+    match elements("tensor", shape) {
+        Ok(n) => n,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// An owned, contiguous NCHW tensor of `f32`: `[batch, channels, height, width]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor4 {
@@ -11,9 +26,10 @@ impl Tensor4 {
     /// Wraps `data` laid out row-major in `shape`.
     ///
     /// # Errors
-    /// [`ConvError::DataLength`] when `data` does not hold exactly the product of `shape` values.
+    /// [`ConvError::ShapeOverflow`] when the product of `shape` does not fit in `usize`, and
+    /// [`ConvError::DataLength`] when `data` does not hold exactly that many values.
     pub fn new(shape: [usize; 4], data: Vec<f32>) -> Result<Self, ConvError> {
-        let expected = shape.iter().product();
+        let expected = elements("tensor", shape)?;
         if data.len() != expected {
             return Err(ConvError::DataLength {
                 shape,
@@ -25,20 +41,27 @@ impl Tensor4 {
     }
 
     /// A tensor of zeros.
+    ///
+    /// # Panics
+    /// When the product of `shape` overflows `usize` (like `Vec::with_capacity`): a wrapped
+    /// length would break the invariant `data.len() == product(shape)` that the kernels rely on.
     #[must_use]
     pub fn zeros(shape: [usize; 4]) -> Self {
         Self {
             shape,
-            data: vec![0.0; shape.iter().product()],
+            data: vec![0.0; checked_len(shape)],
         }
     }
 
     /// Uniform values in `[-1, 1)` from a fixed seed (SplitMix64), so that benchmarks, demos and
     /// tests can make reproducible inputs without an RNG dependency.
+    ///
+    /// # Panics
+    /// As [`Tensor4::zeros`].
     #[must_use]
     pub fn random(shape: [usize; 4], seed: u64) -> Self {
         let mut state = seed;
-        let data = (0..shape.iter().product::<usize>())
+        let data = (0..checked_len(shape))
             .map(|_| {
                 state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
                 let mut z = state;

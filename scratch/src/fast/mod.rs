@@ -62,6 +62,44 @@ pub fn conv2d_with_kernel(
     Tensor4::new(g.output_shape(), output)
 }
 
+/// The zero-padded input buffer's length for the direct source, `None` when it would not fit in
+/// `usize` or would be out of proportion to the input and output (a huge padding or dilation
+/// with a small output): the packed source then reads the raw input instead.
+fn direct_len(g: &Geometry) -> Option<usize> {
+    let hp = g.height.checked_add(g.params.padding[0].checked_mul(2)?)?;
+    let wp = g.width.checked_add(g.params.padding[1].checked_mul(2)?)?;
+    let planes = g.batch.checked_mul(g.in_channels)?;
+    // Slack: the last partial tile of the last row reads (and discards) up to NR past the end.
+    let len = planes
+        .checked_mul(hp)?
+        .checked_mul(wp)?
+        .checked_add(wp)?
+        .checked_add(2 * NR)?;
+    let input = planes * g.height * g.width;
+    let output = g.output_shape().iter().product::<usize>();
+    let bound = input
+        .saturating_add(output)
+        .saturating_mul(4)
+        .saturating_add(4 * NR + wp);
+    (len <= bound).then_some(len)
+}
+
+/// Whether [`conv2d`] reads this convolution's input in place (the "direct" source, see the
+/// module docs) rather than packing it: for tests that must reach both paths.
+#[doc(hidden)]
+#[must_use]
+pub fn reads_in_place(g: &Geometry) -> bool {
+    uses_direct(g).is_some()
+}
+
+/// The direct source's buffer length when a convolution takes it.
+fn uses_direct(g: &Geometry) -> Option<usize> {
+    let ow = g.out_width;
+    // The direct source needs unit width stride, and pays for a partial tile at each row end.
+    let wide = g.params.stride[1] == 1 && (ow % NR == 0 || ow >= 4 * NR);
+    wide.then(|| direct_len(g)).flatten()
+}
+
 /// Where the micro-kernel finds the rows of `X`.
 enum Source<'a> {
     /// Stride-1 width: the zero-padded input `[N][C][HP][WP]` (plus slack), read in place.
@@ -141,12 +179,10 @@ impl<'a> Plan<'a> {
         }
 
         let (ow, p) = (g.out_width, g.out_height * g.out_width);
-        // The direct source needs unit width stride, and pays for a partial tile at each row end.
-        let direct = g.params.stride[1] == 1 && (ow % NR == 0 || ow >= 4 * NR);
-        let (source, tiles_per_row, n_tiles) = if direct {
+        let (source, tiles_per_row, n_tiles) = if let Some(padded_len) = uses_direct(g) {
             let tiles_per_row = ow.div_ceil(NR);
             (
-                Self::direct_source(g, input),
+                Self::direct_source(g, input, padded_len, tiles_per_row),
                 tiles_per_row,
                 g.out_height * tiles_per_row,
             )
@@ -168,14 +204,14 @@ impl<'a> Plan<'a> {
         }
     }
 
-    fn direct_source(g: &Geometry, input: &[f32]) -> Source<'a> {
+    /// `padded_len` comes from [`direct_len`], which checked every product below.
+    fn direct_source(g: &Geometry, input: &[f32], padded_len: usize, tiles_per_row: usize) -> Source<'a> {
         let [ph, pw] = g.params.padding;
         let [dh, dw] = g.params.dilation;
         let (h, w) = (g.height, g.width);
         let (hp, wp) = (h + 2 * ph, w + 2 * pw);
         let planes = g.batch * g.in_channels;
-        // Slack: the last partial tile of the last row reads (and discards) up to NR past the end.
-        let mut padded = vec![0.0f32; planes * hp * wp + 2 * NR + wp];
+        let mut padded = vec![0.0f32; padded_len];
         padded[..planes * hp * wp]
             .par_chunks_mut(hp * wp)
             .zip(input.par_chunks(h * w))
@@ -193,6 +229,19 @@ impl<'a> Plan<'a> {
                 }
             }
         }
+        // The one bounds check the unsafe kernel relies on: the last plane of the last image and
+        // group, its last tile's first column, the furthest tap, and the NR values read from it.
+        let last_plane = ((g.batch - 1) * g.in_channels + (g.params.groups - 1) * g.in_per_group) * hp * wp;
+        let last_tile = (g.out_height - 1) * g.params.stride[0] * wp + (tiles_per_row - 1) * NR;
+        let furthest_tap = koff.iter().copied().max().unwrap_or(0);
+        let end = [last_tile, furthest_tap, NR]
+            .into_iter()
+            .try_fold(last_plane, usize::checked_add);
+        assert!(
+            end.is_some_and(|end| end <= padded.len()),
+            "direct source: the kernel would read up to {end:?} of a {}-value buffer",
+            padded.len()
+        );
         Source::Direct { padded, hp, wp, koff }
     }
 
@@ -290,7 +339,8 @@ impl<'a> Plan<'a> {
                 for t in t0..t1 {
                     let (c_off, x_off, width) = self.tile(t);
                     let b = match self.source {
-                        // SAFETY: offsets stay inside `padded` (slack included), see `direct_source`.
+                        // SAFETY: offsets stay inside `padded` (slack included): `direct_source`
+                        // asserts that the furthest value any tile reads is inside it.
                         Source::Direct { .. } => unsafe { b_base.add(x_off) },
                         // SAFETY: the packed block holds `t1 - t0` panels of `kc * NR`.
                         Source::Packed { .. } => unsafe { b_base.add((t - t0) * kc * NR) },
