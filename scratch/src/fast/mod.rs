@@ -96,7 +96,7 @@ pub fn reads_in_place(g: &Geometry) -> bool {
 fn uses_direct(g: &Geometry) -> Option<usize> {
     let ow = g.out_width;
     // The direct source needs unit width stride, and pays for a partial tile at each row end.
-    let wide = g.params.stride[1] == 1 && (ow % NR == 0 || ow >= 4 * NR);
+    let wide = g.params.stride[1] == 1 && (ow.is_multiple_of(NR) || ow >= 4 * NR);
     wide.then(|| direct_len(g)).flatten()
 }
 
