@@ -9,11 +9,13 @@
 //! read-only `/var/task`, a read-only root, only `/tmp` writable, no `/sys/devices/system/cpu`
 //! (Lambda's arm64 sandbox has no CPU lists), and the environment Lambda gives it from the
 //! template: the default `MemorySize`, `LoggingConfig.LogFormat` as `AWS_LAMBDA_LOG_FORMAT`, and
-//! the Globals' plain variables (`ORT_DYLIB_PATH`, `RUST_LOG`). The sandbox is checked first
-//! with deliberate writes, so a sandbox that let one through fails the step. Two of the
-//! template's event shapes go in: the function URL's (payload 2.0) and the REST API's on its
-//! `v1` stage (API_KEY mode); every log line the function writes must be JSON with a level, and
-//! the request line must carry the invocation's `requestId`.
+//! the Globals' plain variables (`ORT_DYLIB_PATH`). The sandbox is checked first with
+//! deliberate writes, so a sandbox that let one through fails the step. The template's three
+//! event shapes go in: the function URL's (payload 2.0), the REST API's on its `v1` stage
+//! (API_KEY mode), and a Step Functions Distributed Map batch whose one item the worker reads
+//! from moto's S3 on loopback; each answer must equal x86-64's. Every log line the function
+//! writes must be JSON with a level, and each HTTP request line must carry its invocation's
+//! `requestId`.
 //!
 //! ONNX Runtime reads `/proc/cpuinfo` to pick its kernels. qemu-user 7.2 (Debian 12's) passes
 //! the host's through, and ONNX Runtime, finding an x86 file on an aarch64 CPU, dies with
@@ -429,8 +431,19 @@ fn arm64_answers(
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // The Distributed Map worker reads its batch's objects from S3: moto on loopback holds one.
+    let moto = map_bucket(work, image)?;
     let task_root = bootstrap.parent().unwrap_or(work);
     let mut function_env = lambda_env.to_vec();
+    function_env.extend(
+        [
+            ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
     function_env.extend(
         [
             ("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt")),
@@ -469,7 +482,15 @@ fn arm64_answers(
             "REST API v1 stage",
             rest_api_event("/v1/predict", TOP_K, "image/png", &png),
         ),
+        (
+            "Distributed Map batch",
+            json!({"BatchInput": {"bucket": MAP_BUCKET, "top_k": TOP_K},
+                   "Items": [{"Key": MAP_KEY, "Etag": moto.etag, "Size": png.len(),
+                              "LastModified": 1_795_000_000, "StorageClass": "STANDARD"}]}),
+        ),
     ];
+    // Each HTTP request logs one `done` line; the Map batch logs its own.
+    let http_events = events.iter().filter(|(_, e)| e.get("Items").is_none()).count();
     let started = Instant::now();
     let mut answers = Vec::new();
     for (shape, event) in events {
@@ -515,6 +536,20 @@ fn arm64_answers(
                 String::from_utf8_lossy(&output.stdout)
             )
         })?;
+        if let Some(results) = reply["results"].as_array() {
+            // The Map worker's reply: one record per item, no model block; the same process
+            // answered the HTTP events, whose model is compared below.
+            ensure!(
+                results.len() == 1 && results[0]["error"].is_null() && results[0]["key"] == MAP_KEY,
+                "the arm64 function answered the {shape} event with {reply}"
+            );
+            let version = answers
+                .first()
+                .map_or(String::new(), |(_, a): &(&str, Answer)| a.version.clone());
+            let doc = json!({"model": {"version": version}, "predictions": [results[0].clone()]});
+            answers.push((shape, Answer::parse(&doc, "arm64 function")?));
+            continue;
+        }
         ensure!(
             reply["statusCode"] == 200,
             "the arm64 function answered the {shape} event with {reply}"
@@ -527,8 +562,77 @@ fn arm64_answers(
         answers.push((shape, Answer::parse(&body, "arm64 function")?));
     }
     drop(function);
-    check_log(&show_log(), answers.len())?;
+    drop(moto);
+    check_log(&show_log(), http_events)?;
     Ok(answers)
+}
+
+const MAP_BUCKET: &str = "map-input";
+const MAP_KEY: &str = "in/image.png";
+
+/// `moto_server` on loopback (the tools' venv) holding the test image as the Map's one item.
+struct MapBucket {
+    _server: Running,
+    endpoint: String,
+    etag: String,
+}
+
+fn map_bucket(work: &Path, image: &Path) -> Result<MapBucket> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port")?
+        .port();
+    let mut cmd = Command::new(paths::native_link().join("tools/bin/moto_server"));
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let server = Running::spawn(cmd, "moto_server")?;
+    let listening = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            listening.elapsed() < PATIENCE,
+            "moto_server never listened on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // moto takes the account from the credential and checks no signature.
+    let auth = "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
+                SignedHeaders=host, Signature=0";
+    let headers = work.join("put-headers.txt");
+    for (url, body) in [
+        (format!("{endpoint}/{MAP_BUCKET}"), None),
+        (format!("{endpoint}/{MAP_BUCKET}/{MAP_KEY}"), Some(image)),
+    ] {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "-f", "-X", "PUT", "-H", auth, "-D"])
+            .arg(&headers)
+            .arg(&url);
+        if let Some(file) = body {
+            curl.arg("--data-binary").arg(format!("@{}", file.display()));
+        }
+        let out = curl.output().context("could not start curl")?;
+        ensure!(
+            out.status.success(),
+            "PUT {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let etag = std::fs::read_to_string(&headers)
+        .with_context(|| format!("reading {}", headers.display()))?
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("etag:")
+                .then(|| l[5..].trim().to_owned())
+        })
+        .context("moto answered the PUT without an ETag")?;
+    Ok(MapBucket {
+        _server: server,
+        endpoint,
+        etag,
+    })
 }
 
 /// Lines that ONNX Runtime's bundled libraries write to stderr themselves, outside any logger:
