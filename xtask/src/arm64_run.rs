@@ -610,7 +610,9 @@ fn map_bucket(work: &Path, image: &Path) -> Result<MapBucket> {
             .arg(&headers)
             .arg(&url);
         if let Some(file) = body {
-            curl.arg("--data-binary").arg(format!("@{}", file.display()));
+            // Without a type curl says form data, which moto's server parses away.
+            curl.args(["-H", "Content-Type: image/png", "--data-binary"])
+                .arg(format!("@{}", file.display()));
         }
         let out = curl.output().context("could not start curl")?;
         ensure!(
