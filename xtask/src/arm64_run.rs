@@ -405,10 +405,7 @@ fn arm64_answers(
     cpuinfo: &Path,
     lambda_env: &[(String, String)],
 ) -> Result<Vec<(&'static str, Answer)>> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("finding a free port")?
-        .port();
+    let port = free_port()?;
     let port_arg = port.to_string();
     // `cargo lambda watch` reads a cargo project even when it builds nothing: `infer`'s.
     let project = paths::repo_root().join("infer");
@@ -422,14 +419,7 @@ fn arm64_answers(
         .stderr(Stdio::inherit());
     let _watch = Running::spawn(watch, "cargo lambda watch")?;
     // The runtime client gives up when its first poll finds no API: wait for the emulator.
-    let listening = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            listening.elapsed() < PATIENCE,
-            "cargo lambda watch never listened on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_listening(port, "cargo lambda watch")?;
 
     // The Distributed Map worker reads its batch's objects from S3: moto on loopback holds one.
     let moto = map_bucket(work, image)?;
@@ -567,6 +557,24 @@ fn arm64_answers(
     Ok(answers)
 }
 
+/// A loopback port nothing listens on now.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port")?
+        .port())
+}
+
+/// Waits until something listens on `port` (`what`, for the error), at most [`PATIENCE`].
+fn wait_listening(port: u16, what: &str) -> Result<()> {
+    let listening = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(listening.elapsed() < PATIENCE, "{what} never listened on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 const MAP_BUCKET: &str = "map-input";
 const MAP_KEY: &str = "in/image.png";
 
@@ -578,24 +586,14 @@ struct MapBucket {
 }
 
 fn map_bucket(work: &Path, image: &Path) -> Result<MapBucket> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("finding a free port")?
-        .port();
+    let port = free_port()?;
     let mut cmd = Command::new(paths::native_link().join("tools/bin/moto_server"));
     cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let server = Running::spawn(cmd, "moto_server")?;
-    let listening = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            listening.elapsed() < PATIENCE,
-            "moto_server never listened on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_listening(port, "moto_server")?;
     let endpoint = format!("http://127.0.0.1:{port}");
     // moto takes the account from the credential and checks no signature.
     let auth = "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
