@@ -60,7 +60,7 @@ PNG, JPEG = "cat-32x32.png", "road-640x480.jpg"
 CTYPES = {PNG: "image/png", JPEG: "image/jpeg"}
 INFER, ORT, TORCH = "infer", "FastAPI+ORT", "FastAPI+PyTorch"
 START_TIMEOUT_S = 300
-# Targets of issue 17: infer at c=8 on the PNG as a share of ONNX Runtime alone, per model.
+# Targets: infer at c=8 on the PNG as a share of ONNX Runtime alone, per model.
 CEILING_TARGET = {"w16": 85, "w64": 95}
 JPEG_TARGET, RSS_TARGET = 80, 25
 

@@ -93,7 +93,8 @@ impl GraphCache {
         }
         let moved = Self::graph(tmp).is_file() && std::fs::rename(tmp, entry).is_ok();
         if moved {
-            // The single-file entry that builds before 2026-11-26 kept under this name.
+            // Older builds kept a single-file entry under this name: without this, a cache
+            // directory shared with such a build would hold both forever.
             remove_entry(&entry.with_extension("optimized.onnx"));
         } else {
             remove_entry(tmp);

@@ -213,8 +213,9 @@ impl ModelProto {
     }
 }
 
-/// Oldest and newest `ai.onnx` opset the exporter writes: 17 is the floor, 23 is the
-/// newest in ONNX 1.18/1.19 (ONNX Runtime 1.31 reads it).
+/// Oldest and newest `ai.onnx` opset the exporter writes: 17 (ONNX 1.12) is the oldest a user's
+/// runtime may still be pinned to that we promise to serve, 23 is the newest in ONNX 1.18/1.19
+/// (ONNX Runtime 1.31 reads it).
 pub const OPSETS: std::ops::RangeInclusive<i64> = 17..=23;
 
 /// The IR version that the ONNX release introducing `opset` wrote (ONNX's versioning table:

@@ -5,9 +5,10 @@
 //!
 //! - [`naive`]: the direct loop nest, written to be read. It is the oracle the tests trust and the
 //!   teaching version of the operation.
-//! - [`fast`]: an implicit-GEMM convolution with packed weights, a cache-blocked, register-tiled
-//!   micro-kernel (AVX2+FMA when the CPU has it, portable code otherwise) and rayon threads over
-//!   images, groups, output tiles and channel blocks.
+//! - [`fast`]: an implicit-GEMM convolution (weights read in place, input columns packed only for
+//!   strided convolutions), a cache-blocked, register-tiled micro-kernel (AVX2+FMA when the CPU
+//!   has it, portable code otherwise) and rayon threads over images, groups, output tiles and
+//!   channel blocks.
 //!
 //! The library depends on no ML crate: libtorch is linked only into the `scratch` binary (the
 //! benchmark and the edge-detection demo, behind the default `cli` feature) and into the tests.

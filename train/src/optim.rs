@@ -279,7 +279,9 @@ impl LrSchedule {
     pub fn at(&self, step: u64) -> f64 {
         let step = step.min(self.total_steps);
         let (start, end) = match self.schedule {
-            // One-cycle starts at peak/25 and ends near peak/1e4, as in Smith and in PyTorch.
+            // Smith's one-cycle shape: a linear warm-up from peak/25, then a cosine decay to
+            // peak/1e4. Not PyTorch's OneCycleLR, which warms up on a cosine too and ends at
+            // peak/2.5e5.
             Schedule::OneCycle => (self.peak / 25.0, self.peak / 1e4),
             Schedule::WarmupCosine => (0.0, 0.0),
         };
