@@ -1,5 +1,5 @@
 //! naive vs fast vs libtorch on the student's shape and the ResNet-18 3x3 layers, at 1 and 2
-//! threads. `python3 scratch/benches/report.py` turns the results into BENCHMARKS.md's table.
+//! threads. `cargo run -p scratch --example bench_report` turns the results into BENCHMARKS.md's table.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
