@@ -2,7 +2,7 @@
 //! `cargo xtask setup` where apt-get exists), driven over the DevTools protocol by
 //! `tests/page/browser.py`, loads the page from a real `infer serve`, uploads a photo through the
 //! file input, and the class it renders first must be `/v1/predict`'s for the same file; the
-//! same under an API Gateway-like stage prefix; a cut file shows the server's message. The
+//! same under an API Gateway-like stage prefix (a proxy in this file); a cut file shows the server's message. The
 //! screenshots land in the test's output folder (`target/tmp/page*.png`).
 
 mod common;
@@ -51,37 +51,73 @@ fn browse(url: &str, image: &Path, screenshot: &Path) -> Result<Value> {
     serde_json::from_str(stdout.trim()).with_context(|| format!("browser.py printed {stdout:?}"))
 }
 
-/// `tests/page/stage_proxy.py`: the server under `/STAGE`, as API Gateway serves it.
+/// What an API Gateway stage does to paths: the upstream server under `/STAGE`, the prefix taken
+/// off before forwarding; anything else is a 404, as API Gateway answers it.
 struct StageProxy {
-    child: std::process::Child,
     addr: String,
+    // Serves until the proxy is dropped.
+    _runtime: tokio::runtime::Runtime,
 }
 
 impl StageProxy {
     fn start(upstream: &str, stage: &str) -> Result<Self> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/page/stage_proxy.py");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .args([upstream, stage])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .context("starting stage_proxy.py")?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().context("stdout")?;
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .with_context(|| format!("stage_proxy.py printed {line:?}"))?
-            .to_owned();
-        Ok(Self { child, addr })
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?.to_string();
+        let (upstream, prefix) = (upstream.to_owned(), format!("/{}", stage.trim_matches('/')));
+        let app = axum::Router::new()
+            .fallback(move |req: axum::extract::Request| forward(upstream.clone(), prefix.clone(), req));
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Ok(Self {
+            addr,
+            _runtime: runtime,
+        })
     }
 }
 
-impl Drop for StageProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+async fn forward(upstream: String, prefix: String, req: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let rest = match target.strip_prefix(&prefix) {
+        Some(rest) if rest.is_empty() || rest.starts_with(['/', '?']) => rest,
+        _ => {
+            return (
+                axum::http::StatusCode::NOT_FOUND,
+                format!("not under the stage {prefix}"),
+            )
+                .into_response();
+        }
+    };
+    let url = format!("http://{upstream}/{}", rest.trim_start_matches('/'));
+    let (parts, body) = req.into_parts();
+    let reply = async {
+        let body = axum::body::to_bytes(body, usize::MAX).await?;
+        tokio::task::spawn_blocking(move || -> Result<axum::response::Response> {
+            let mut request = axum::http::Request::builder().method(parts.method).uri(url);
+            for (name, value) in &parts.headers {
+                if name != "host" && name != "connection" {
+                    request = request.header(name, value);
+                }
+            }
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let mut upstream_reply = agent.run(request.body(body.to_vec())?)?;
+            let mut reply = axum::response::Response::builder().status(upstream_reply.status());
+            for (name, value) in upstream_reply.headers() {
+                if !["transfer-encoding", "connection", "content-length"].contains(&name.as_str()) {
+                    reply = reply.header(name, value);
+                }
+            }
+            let data = upstream_reply.body_mut().with_config().limit(u64::MAX).read_to_vec()?;
+            Ok(reply.body(axum::body::Body::from(data))?)
+        })
+        .await?
+    };
+    match reply.await {
+        Ok(reply) => reply,
+        Err(err) => (axum::http::StatusCode::BAD_GATEWAY, format!("{err:#}")).into_response(),
     }
 }
 
