@@ -1,16 +1,18 @@
 //! The page at `GET /` in a real browser: headless Chromium (Debian's `chromium`, installed by
 //! `cargo xtask setup` where apt-get exists), driven over the DevTools protocol by
-//! `tests/page/browser.py`, loads the page from a real `infer serve`, uploads a photo through the
+//! `tests/page/browser.rs`, loads the page from a real `infer serve`, uploads a photo through the
 //! file input, and the class it renders first must be `/v1/predict`'s for the same file; the
 //! same under an API Gateway-like stage prefix (a proxy in this file); a cut file shows the server's message. The
 //! screenshots land in the test's output folder (`target/tmp/page*.png`).
 
+#[path = "page/browser.rs"]
+mod browser;
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
+use browser::browse;
 use common::server::start;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use infer::testing::{TinyModel, write_with_sidecar};
@@ -30,25 +32,6 @@ fn photo() -> Result<Vec<u8>> {
     let mut out = std::io::Cursor::new(Vec::new());
     DynamicImage::ImageRgb8(image).write_to(&mut out, ImageFormat::Jpeg)?;
     Ok(out.into_inner())
-}
-
-fn browse(url: &str, image: &Path, screenshot: &Path) -> Result<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/page/browser.py");
-    let output = Command::new("python3")
-        .arg(&script)
-        .arg(url)
-        .arg(image)
-        .arg(screenshot)
-        .output()
-        .context("running python3")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    ensure!(
-        output.status.success(),
-        "browser.py failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.trim()).with_context(|| format!("browser.py printed {stdout:?}"))
 }
 
 /// What an API Gateway stage does to paths: the upstream server under `/STAGE`, the prefix taken

@@ -112,7 +112,7 @@ pub fn chromium() -> Result<()> {
     let on_path = |name: &str| {
         std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
     };
-    // The names infer/tests/page/browser.py looks for (GitHub's runners carry Google Chrome).
+    // The names infer/tests/page/browser.rs looks for (GitHub's runners carry Google Chrome).
     if ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .any(on_path)
