@@ -25,7 +25,7 @@ use crate::api::Limits;
 use crate::batch::{BatchConfig, Engine};
 use crate::metrics::Metrics;
 use crate::model::{Classifier, ModelError, ModelInfo};
-use crate::preprocess::{Normalisation, PreprocessError, preprocess_into};
+use crate::preprocess::{BoundedError, Normalisation, PreprocessError, preprocess_bounded};
 use crate::scores::{Scored, top_k};
 use store::{Object, Objects};
 
@@ -152,18 +152,11 @@ impl Classify {
         self.check_size(Some(bytes.len() as u64))?;
         let info = self.info();
         let norm = Normalisation::from_info(info);
-        let decode = self.limits.decode;
-        let permit = Arc::clone(&self.decoding)
-            .acquire_owned()
-            .await
-            .map_err(|_| ItemError::Task("decoding"))?;
-        let input = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let mut input = Vec::with_capacity(3 * (norm.height * norm.width) as usize);
-            preprocess_into(&bytes, &decode, &norm, &mut input).map(|()| input)
-        })
-        .await
-        .map_err(|_| ItemError::Task("decoding"))??;
+        let input = match preprocess_bounded(&self.decoding, vec![bytes], self.limits.decode, norm, false).await {
+            Ok(done) => done.input,
+            Err(BoundedError::Image { source, .. }) => return Err(source.into()),
+            Err(BoundedError::Closed | BoundedError::Task(_)) => return Err(ItemError::Task("decoding")),
+        };
         let logits = self.engine.infer(input, 1).await?;
         let k = k.clamp(1, info.num_classes().max(1));
         logits
@@ -172,3 +165,4 @@ impl Classify {
             .ok_or_else(|| ItemError::Model(ModelError::Inference("the model returned no logits".into())))
     }
 }
+
