@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
+use tokio::task::{JoinError, JoinSet};
 
 use crate::api::Limits;
 use crate::batch::{BatchConfig, Engine};
@@ -166,3 +167,46 @@ impl Classify {
     }
 }
 
+/// The objects being read and classified, at most `limit` at once, started in the order
+/// `pending` gives them: the loop of both `infer predict` ([`run`]) and the Map worker
+/// ([`map`]).
+#[derive(Debug)]
+pub struct InFlight<I> {
+    classify: Arc<Classify>,
+    objects: Arc<Objects>,
+    top_k: usize,
+    limit: usize,
+    pending: std::iter::Enumerate<I>,
+    tasks: JoinSet<(usize, Record)>,
+}
+
+impl<I: Iterator<Item = Object>> InFlight<I> {
+    pub fn new(classify: Arc<Classify>, objects: Arc<Objects>, top_k: usize, limit: usize, pending: I) -> Self {
+        Self {
+            classify,
+            objects,
+            top_k,
+            limit: limit.max(1),
+            pending: pending.enumerate(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Starts objects until `limit` are in flight or none is left to start.
+    pub fn fill(&mut self) {
+        while self.tasks.len() < self.limit {
+            let Some((i, object)) = self.pending.next() else { break };
+            let (classify, objects) = (Arc::clone(&self.classify), Arc::clone(&self.objects));
+            let top_k = self.top_k;
+            self.tasks
+                .spawn(async move { (i, classify.object(&objects, object, top_k).await) });
+        }
+    }
+
+    /// The next record to complete, with its object's place in `pending`; `None` when nothing
+    /// is in flight. `Classify::object` does not panic; a task that did anyway is an `Err`, and
+    /// its object has no record. Cancel-safe (a record is never lost to a `select!`).
+    pub async fn next(&mut self) -> Option<Result<(usize, Record), JoinError>> {
+        self.tasks.join_next().await
+    }
+}
