@@ -5,7 +5,8 @@
 //!   on the same bytes, then resumed after an interrupted write, then to and from an S3 output;
 //! - `infer predict FOLDER` to stdout;
 //! - resuming: records with an error and objects overwritten since (another ETag) are done again,
-//!   the rest skipped; SIGTERM to a run writing to S3 leaves the object complete;
+//!   the rest skipped; SIGTERM to a run writing to S3 leaves the object complete; a part refused
+//!   mid-run aborts the multipart upload;
 //! - folders with file names that are not UTF-8, and with a symbolic link loop;
 //! - `infer predict FILE...` through the same pipeline: one record per file, bad files included;
 //! - the Step Functions Distributed Map worker, driven with a Map batch event through
@@ -467,6 +468,31 @@ fn resume_retries_failed_and_changed_objects_and_skips_the_rest() -> Result<()> 
     Ok(())
 }
 
+/// `count` small PNGs at `prefix/0000.png`, ... in moto.
+fn put_pngs(moto: &Moto, prefix: &str, count: usize) -> Result<()> {
+    for i in 0..count {
+        moto.put(
+            &format!("{prefix}/{i:04}.png"),
+            &solid(colour(i), 8, 8, ImageFormat::Png),
+        )?;
+    }
+    Ok(())
+}
+
+/// Records of objects since deleted (`gone/...`), at least `bytes` of them: an earlier output
+/// that a resumed run keeps. The text and the number of records.
+fn gone_records(bytes: usize) -> (String, usize) {
+    let mut earlier = String::new();
+    let mut n = 0;
+    while earlier.len() < bytes {
+        let record = json!({"key": format!("gone/{n:06}.png"), "etag": "\"0\"", "label": "red", "class_id": 0,
+                            "probability": 0.9, "top_k": [{"label": "red", "class_id": 0, "probability": 0.9}], "error": null});
+        earlier.push_str(&format!("{record}\n"));
+        n += 1;
+    }
+    (earlier, n)
+}
+
 #[test]
 fn sigterm_mid_run_leaves_a_complete_s3_object_with_every_record_so_far() -> Result<()> {
     use std::io::{BufRead, BufReader};
@@ -480,22 +506,10 @@ fn sigterm_mid_run_leaves_a_complete_s3_object_with_every_record_so_far() -> Res
     let model_arg = model.display().to_string();
     moto.create_bucket("term")?;
     let count = 400;
-    for i in 0..count {
-        moto.put(
-            &format!("term/in/{i:04}.png"),
-            &solid(colour(i), 8, 8, ImageFormat::Png),
-        )?;
-    }
+    put_pngs(&moto, "term/in", count)?;
     // An earlier output of objects since deleted, larger than one part of the upload: kept, and
     // the new records after it.
-    let mut earlier = String::new();
-    let mut n = 0;
-    while earlier.len() < infer::bulk::output::PART_BYTES + (1 << 20) {
-        let record = json!({"key": format!("gone/{n:06}.png"), "etag": "\"0\"", "label": "red", "class_id": 0,
-                            "probability": 0.9, "top_k": [{"label": "red", "class_id": 0, "probability": 0.9}], "error": null});
-        earlier.push_str(&format!("{record}\n"));
-        n += 1;
-    }
+    let (earlier, n) = gone_records(infer::bulk::output::PART_BYTES + (1 << 20));
     moto.put("term/out/run.jsonl", earlier.as_bytes())?;
 
     let args = [
@@ -626,22 +640,10 @@ fn a_part_refused_mid_run_aborts_the_upload_and_fails_the_run() -> Result<()> {
     let model_arg = model.display().to_string();
     moto.create_bucket("part")?;
     let count = 600;
-    for i in 0..count {
-        moto.put(
-            &format!("part/in/{i:04}.png"),
-            &solid(colour(i), 8, 8, ImageFormat::Png),
-        )?;
-    }
+    put_pngs(&moto, "part/in", count)?;
     // Earlier records of objects since deleted: the resume sends the first part, and leaves
     // the next one a few hundred new records short of full, so that it is sent mid-run.
-    let mut earlier = String::new();
-    let mut n = 0;
-    while earlier.len() < 2 * infer::bulk::output::PART_BYTES - (64 << 10) {
-        let record = json!({"key": format!("gone/{n:06}.png"), "etag": "\"0\"", "label": "red", "class_id": 0,
-                            "probability": 0.9, "top_k": [{"label": "red", "class_id": 0, "probability": 0.9}], "error": null});
-        earlier.push_str(&format!("{record}\n"));
-        n += 1;
-    }
+    let (earlier, _) = gone_records(2 * infer::bulk::output::PART_BYTES - (64 << 10));
     moto.put("part/out/run.jsonl", earlier.as_bytes())?;
     moto.iam(&[("Action", "CreateUser"), ("UserName", "bulk")])?;
     let writer = [
