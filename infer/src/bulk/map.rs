@@ -147,7 +147,7 @@ impl Worker {
         tracing::info!(
             items = count,
             failed,
-            ms = started.elapsed().as_secs_f64() * 1e3,
+            ms = crate::logging::millis(started.elapsed()),
             "distributed map batch done"
         );
         Ok(BatchReply {
