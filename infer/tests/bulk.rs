@@ -673,6 +673,7 @@ fn a_part_refused_mid_run_aborts_the_upload_and_fails_the_run() -> Result<()> {
     let mut child = predict(Some(&moto), &args)
         .env("AWS_ACCESS_KEY_ID", id)
         .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("RUST_LOG", "info,ort=warn,infer=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -697,6 +698,9 @@ fn a_part_refused_mid_run_aborts_the_upload_and_fails_the_run() -> Result<()> {
         log.contains("uploading a part of s3://part/out/run.jsonl") && log.contains("AccessDenied"),
         "{log}"
     );
+    // Refused while classifying, not when the run completes the upload.
+    let recorded = log.lines().filter(|l| l.contains("recorded")).count();
+    assert!(recorded > 0 && recorded < count, "{recorded} of {count} recorded");
     let uploads = String::from_utf8(moto.get("part?uploads")?)?;
     assert!(
         !uploads.contains("<UploadId>"),
