@@ -6,6 +6,7 @@
 //! size and normalisation (the `onnx` crate's metadata contract).
 //!
 //! - [`runtime`]: finding `libonnxruntime.so`.
+//! - [`location`]: `s3://bucket/key` or a path, as flags name them.
 //! - [`source`], [`s3`]: fetching model bytes, sha256 sidecar check.
 //! - [`model`]: the shared ONNX Runtime session and its contract.
 //! - [`scores`]: logits to probabilities and the top-k classes.
@@ -24,6 +25,7 @@ pub mod batch;
 pub mod bulk;
 pub mod graph_cache;
 pub mod host;
+pub mod location;
 pub mod logging;
 pub mod metrics;
 pub mod model;

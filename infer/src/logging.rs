@@ -29,6 +29,12 @@ pub const INVOCATION_SPAN: &str = "Lambda runtime invoke";
 /// set-up, a hundred lines a start.
 const DEFAULT_FILTER: &str = "info,ort=warn";
 
+/// A duration in milliseconds to the microsecond, as logs and replies give it (`ms=0.073`, not
+/// the `0.07342800000000001` of a float of nanoseconds).
+pub fn millis(duration: std::time::Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// Whether the environment asks for JSON lines (Lambda writes `JSON`; the case is not relied on).
 pub fn json_requested() -> bool {
     std::env::var(LOG_FORMAT_VARIABLE).is_ok_and(|v| v.eq_ignore_ascii_case("json"))
@@ -105,6 +111,15 @@ pub fn lift_request_id(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_are_rounded_to_the_microsecond() {
+        use std::time::Duration;
+        assert_eq!(millis(Duration::from_nanos(73_428_000)).to_string(), "73.428");
+        assert_eq!(millis(Duration::from_nanos(73_428)).to_string(), "0.073");
+        assert_eq!(millis(Duration::from_nanos(114_493_173)).to_string(), "114.493");
+        assert_eq!(millis(Duration::ZERO).to_string(), "0");
+    }
 
     #[test]
     fn the_request_id_of_the_invocation_span_goes_to_the_top() {

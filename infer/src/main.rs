@@ -267,7 +267,7 @@ impl ModelArgs {
             classes = info.num_classes(),
             input = %format!("{}x{}", info.input_height, info.input_width),
             graph_cache = ?classifier.cache_outcome(),
-            ms = start.elapsed().as_secs_f64() * 1e3,
+            ms = infer::logging::millis(start.elapsed()),
             "model loaded and warmed up"
         );
         Ok(classifier)
@@ -393,7 +393,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         %addr,
         max_batch = batching.max_batch,
         batch_wait_ms = args.batch_wait_ms,
-        startup_ms = start.elapsed().as_secs_f64() * 1e3,
+        startup_ms = infer::logging::millis(start.elapsed()),
         "serving"
     );
     let grace = Duration::from_millis(args.shutdown_grace_ms);

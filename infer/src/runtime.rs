@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
+use ort::logging::LogLevel;
+use tracing::Level;
 
 /// The variable with which ONNX Runtime's telemetry is turned off (read when the library starts).
 pub const TELEMETRY_VARIABLE: &str = "ORT_DISABLE_TELEMETRY";
@@ -95,13 +97,52 @@ fn load(path: PathBuf) -> Result<Environment, RuntimeError> {
     ort::init_from(&path)
         .map_err(|e| failed("opening the library", &e))?
         .with_name("infer")
+        .with_logger(std::sync::Arc::new(log))
         .build()
         .map_err(|e| failed("creating the environment", &e))
+}
+
+/// ONNX Runtime's warning, on storing an optimised graph, that the graph may hold optimisations
+/// for this hardware only. The graph cache's key holds the runtime's build, the architecture and
+/// the CPU's features ([`crate::graph_cache::GraphCache::entry`]), so a stored graph is loaded
+/// only where it could have been made: nothing to act on, so it is logged at DEBUG.
+const HARDWARE_SPECIFIC: &str = "may contain hardware specific optimizations";
+
+/// The level one of ONNX Runtime's messages is logged at: its own, but for what needs no action.
+fn level_of(level: LogLevel, message: &str) -> Level {
+    match level {
+        LogLevel::Warning if message.contains(HARDWARE_SPECIFIC) => Level::DEBUG,
+        LogLevel::Verbose => Level::TRACE,
+        LogLevel::Info => Level::INFO,
+        LogLevel::Warning => Level::WARN,
+        LogLevel::Error | LogLevel::Fatal => Level::ERROR,
+    }
+}
+
+/// ONNX Runtime's log, as `tracing` events under the target `ort::logging` (as `ort`'s own
+/// logger writes them, so that `RUST_LOG=ort=...` still selects them).
+fn log(level: LogLevel, _category: &str, _id: &str, location: &str, message: &str) {
+    match level_of(level, message) {
+        Level::TRACE => tracing::trace!(target: "ort::logging", location, "{message}"),
+        Level::DEBUG => tracing::debug!(target: "ort::logging", location, "{message}"),
+        Level::INFO => tracing::info!(target: "ort::logging", location, "{message}"),
+        Level::WARN => tracing::warn!(target: "ort::logging", location, "{message}"),
+        _ => tracing::error!(target: "ort::logging", location, "{message}"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_hardware_specific_graph_warning_is_lowered() {
+        let stored = "Serializing optimized model with Graph Optimization level greater than ORT_ENABLE_EXTENDED and the NchwcTransformer enabled. The generated model may contain hardware specific optimizations, and should only be used in the same environment the model was optimized in.";
+        assert_eq!(level_of(LogLevel::Warning, stored), Level::DEBUG);
+        assert_eq!(level_of(LogLevel::Warning, "Some nodes were not assigned"), Level::WARN);
+        assert_eq!(level_of(LogLevel::Error, stored), Level::ERROR);
+        assert_eq!(level_of(LogLevel::Info, "graph optimizations"), Level::INFO);
+    }
 
     /// Marks the child process of the test below.
     const CHILD: &str = "INFER_RUNTIME_TEST_CHILD";

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use onnx::checksum::{self, ChecksumError};
 
+use crate::location::Location;
 use crate::s3::{self, S3Error};
 
 /// A model's location, parsed from `--model` / `MODEL_URI`.
@@ -56,19 +57,12 @@ pub enum SourceError {
 impl ModelSource {
     /// Parses `s3://bucket/key` or a file path.
     pub fn parse(uri: &str) -> Result<Self, SourceError> {
-        if let Some(rest) = uri.strip_prefix("s3://") {
-            return match rest.split_once('/') {
-                Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => Ok(Self::S3 {
-                    bucket: bucket.to_owned(),
-                    key: key.to_owned(),
-                }),
-                _ => Err(SourceError::BadUri(uri.to_owned())),
-            };
+        match Location::parse(uri) {
+            Ok(Location::S3 { bucket, key }) if !key.is_empty() => Ok(Self::S3 { bucket, key }),
+            Ok(Location::Path(path)) => Ok(Self::File(path)),
+            // A bucket alone, or a prefix (`s3://bucket/`), is no model.
+            Ok(Location::S3 { .. }) | Err(_) => Err(SourceError::BadUri(uri.to_owned())),
         }
-        if uri.is_empty() || uri.contains("://") {
-            return Err(SourceError::BadUri(uri.to_owned()));
-        }
-        Ok(Self::File(PathBuf::from(uri)))
     }
 
     /// The model's short name: the file stem (`resnet18-cifar10` for `…/resnet18-cifar10.onnx`).

@@ -5,7 +5,8 @@
 //!   on the same bytes, then resumed after an interrupted write, then to and from an S3 output;
 //! - `infer predict FOLDER` to stdout;
 //! - resuming: records with an error and objects overwritten since (another ETag) are done again,
-//!   the rest skipped; SIGTERM to a run writing to S3 leaves the object complete;
+//!   the rest skipped; SIGTERM to a run writing to S3 leaves the object complete; a part refused
+//!   mid-run aborts the multipart upload;
 //! - folders with file names that are not UTF-8, and with a symbolic link loop;
 //! - `infer predict FILE...` through the same pipeline: one record per file, bad files included;
 //! - the Step Functions Distributed Map worker, driven with a Map batch event through
@@ -467,6 +468,31 @@ fn resume_retries_failed_and_changed_objects_and_skips_the_rest() -> Result<()> 
     Ok(())
 }
 
+/// `count` small PNGs at `prefix/0000.png`, ... in moto.
+fn put_pngs(moto: &Moto, prefix: &str, count: usize) -> Result<()> {
+    for i in 0..count {
+        moto.put(
+            &format!("{prefix}/{i:04}.png"),
+            &solid(colour(i), 8, 8, ImageFormat::Png),
+        )?;
+    }
+    Ok(())
+}
+
+/// Records of objects since deleted (`gone/...`), at least `bytes` of them: an earlier output
+/// that a resumed run keeps. The text and the number of records.
+fn gone_records(bytes: usize) -> (String, usize) {
+    let mut earlier = String::new();
+    let mut n = 0;
+    while earlier.len() < bytes {
+        let record = json!({"key": format!("gone/{n:06}.png"), "etag": "\"0\"", "label": "red", "class_id": 0,
+                            "probability": 0.9, "top_k": [{"label": "red", "class_id": 0, "probability": 0.9}], "error": null});
+        earlier.push_str(&format!("{record}\n"));
+        n += 1;
+    }
+    (earlier, n)
+}
+
 #[test]
 fn sigterm_mid_run_leaves_a_complete_s3_object_with_every_record_so_far() -> Result<()> {
     use std::io::{BufRead, BufReader};
@@ -480,22 +506,10 @@ fn sigterm_mid_run_leaves_a_complete_s3_object_with_every_record_so_far() -> Res
     let model_arg = model.display().to_string();
     moto.create_bucket("term")?;
     let count = 400;
-    for i in 0..count {
-        moto.put(
-            &format!("term/in/{i:04}.png"),
-            &solid(colour(i), 8, 8, ImageFormat::Png),
-        )?;
-    }
+    put_pngs(&moto, "term/in", count)?;
     // An earlier output of objects since deleted, larger than one part of the upload: kept, and
     // the new records after it.
-    let mut earlier = String::new();
-    let mut n = 0;
-    while earlier.len() < infer::bulk::output::PART_BYTES + (1 << 20) {
-        let record = json!({"key": format!("gone/{n:06}.png"), "etag": "\"0\"", "label": "red", "class_id": 0,
-                            "probability": 0.9, "top_k": [{"label": "red", "class_id": 0, "probability": 0.9}], "error": null});
-        earlier.push_str(&format!("{record}\n"));
-        n += 1;
-    }
+    let (earlier, n) = gone_records(infer::bulk::output::PART_BYTES + (1 << 20));
     moto.put("term/out/run.jsonl", earlier.as_bytes())?;
 
     let args = [
@@ -585,6 +599,117 @@ fn sigterm_mid_run_leaves_a_complete_s3_object_with_every_record_so_far() -> Res
     assert_eq!(counts.get("skipped"), Some(&new.len()), "{counts:?}");
     let whole = records(&String::from_utf8(moto.get("term/out/run.jsonl")?)?)?;
     assert_eq!(whole.len(), n + count);
+    Ok(())
+}
+
+/// The text between `<tag>` and `</tag>` in an XML answer.
+fn xml_text<'a>(xml: &'a str, tag: &str) -> Result<&'a str> {
+    let start = xml
+        .find(&format!("<{tag}>"))
+        .with_context(|| format!("no <{tag}> in {xml}"))?
+        + tag.len()
+        + 2;
+    let len = xml[start..].find(&format!("</{tag}>")).context("unclosed")?;
+    Ok(&xml[start..start + len])
+}
+
+/// A user's inline policy allowing `actions` on every resource.
+fn allow(moto: &Moto, user: &str, actions: &[&str]) -> Result<()> {
+    let policy =
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]});
+    moto.iam(&[
+        ("Action", "PutUserPolicy"),
+        ("UserName", user),
+        ("PolicyName", "bulk"),
+        ("PolicyDocument", &policy.to_string()),
+    ])?;
+    Ok(())
+}
+
+/// A part of the S3 output refused in the middle of a run (the writer loses `s3:PutObject`
+/// once the run has listed; moto enforces IAM): the run fails naming the upload, the
+/// multipart upload is aborted (none is left open), and the earlier object is as it was.
+#[test]
+fn a_part_refused_mid_run_aborts_the_upload_and_fails_the_run() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let moto = Moto::start()?;
+    let dir = tempfile::tempdir()?;
+    let model = write_with_sidecar(dir.path(), "tiny.onnx", &TinyModel::rgb(32).build())?;
+    let model_arg = model.display().to_string();
+    moto.create_bucket("part")?;
+    let count = 600;
+    put_pngs(&moto, "part/in", count)?;
+    // Earlier records of objects since deleted: the resume sends the first part, and leaves
+    // the next one a few hundred new records short of full, so that it is sent mid-run.
+    let (earlier, _) = gone_records(2 * infer::bulk::output::PART_BYTES - (64 << 10));
+    moto.put("part/out/run.jsonl", earlier.as_bytes())?;
+    moto.iam(&[("Action", "CreateUser"), ("UserName", "bulk")])?;
+    let writer = [
+        "s3:GetObject",
+        "s3:ListBucket",
+        "s3:PutObject",
+        "s3:AbortMultipartUpload",
+    ];
+    allow(&moto, "bulk", &writer)?;
+    let key = moto.iam(&[("Action", "CreateAccessKey"), ("UserName", "bulk")])?;
+    let (id, secret) = (xml_text(&key, "AccessKeyId")?, xml_text(&key, "SecretAccessKey")?);
+    moto.enforce_iam(true)?;
+
+    let args = [
+        "s3://part/in/",
+        "--model",
+        &model_arg,
+        "--top-k",
+        "1",
+        "-o",
+        "s3://part/out/run.jsonl",
+        "--concurrency",
+        "1",
+        "--max-batch",
+        "1",
+    ];
+    let mut child = predict(Some(&moto), &args)
+        .env("AWS_ACCESS_KEY_ID", id)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("RUST_LOG", "info,ort=warn,infer=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
+    let mut log = String::new();
+    while stderr.read_line(&mut log)? > 0 && !log.contains("listed") {}
+    let listed = log.contains("listed");
+    moto.enforce_iam(false)?;
+    allow(
+        &moto,
+        "bulk",
+        &["s3:GetObject", "s3:ListBucket", "s3:AbortMultipartUpload"],
+    )?;
+    moto.enforce_iam(true)?;
+    std::io::Read::read_to_string(&mut stderr, &mut log)?;
+    let status = child.wait()?;
+    moto.enforce_iam(false)?;
+    assert!(listed, "the run never listed: {log}");
+
+    assert!(!status.success(), "{status}: {log}");
+    assert!(
+        log.contains("uploading a part of s3://part/out/run.jsonl") && log.contains("AccessDenied"),
+        "{log}"
+    );
+    // Refused while classifying, not when the run completes the upload.
+    let recorded = log.lines().filter(|l| l.contains("recorded")).count();
+    assert!(recorded > 0 && recorded < count, "{recorded} of {count} recorded");
+    let uploads = String::from_utf8(moto.get("part?uploads")?)?;
+    assert!(
+        !uploads.contains("<UploadId>"),
+        "a multipart upload was left open: {uploads}"
+    );
+    assert!(
+        moto.get("part/out/run.jsonl")? == earlier.as_bytes(),
+        "the earlier object was changed"
+    );
     Ok(())
 }
 

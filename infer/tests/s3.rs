@@ -5,74 +5,27 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result};
 use common::{infer_bin, solid};
 use image::ImageFormat;
 use infer::testing::TinyModel;
+use infer::testing::moto::Moto;
 use serde_json::Value;
 
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto() -> Result<Moto> {
-    let bin: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.native/tools/bin/moto_server");
-    ensure!(bin.exists(), "{} is missing: run `cargo xtask setup`", bin.display());
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = Command::new(&bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("moto_server did not start listening on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    })
-}
-
-/// Plain S3 REST calls with path-style addressing; moto does not check signatures.
-fn put(endpoint: &str, path: &str, body: &[u8]) -> Result<()> {
-    ureq::put(&format!("{endpoint}/{path}")).send(body)?;
-    Ok(())
-}
-
-fn infer_command(endpoint: &str, uri: &str) -> Command {
+fn infer_command(moto: &Moto, uri: &str) -> Command {
     let mut command = Command::new(infer_bin());
     command
         .args(["serve", "--addr", "127.0.0.1:0", "--model", uri])
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(moto.aws_env())
         .env_remove("AWS_PROFILE");
     command
 }
 
 /// Starts `infer serve` on `uri`: the child and the address it listens on, if it did start.
-fn serve(endpoint: &str, uri: &str) -> Result<(Child, Result<String>)> {
-    let mut child = infer_command(endpoint, uri)
+fn serve(moto: &Moto, uri: &str) -> Result<(Child, Result<String>)> {
+    let mut child = infer_command(moto, uri)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -88,17 +41,16 @@ fn serve(endpoint: &str, uri: &str) -> Result<(Child, Result<String>)> {
 
 #[test]
 fn serves_a_model_from_s3_and_rejects_wrong_keys_and_corrupted_objects() -> Result<()> {
-    let moto = moto()?;
+    let moto = Moto::start()?;
     let model = TinyModel::rgb(32).build();
-    put(&moto.endpoint, "models", b"")?;
-    put(&moto.endpoint, "models/tiny.onnx", &model)?;
-    put(
-        &moto.endpoint,
+    moto.create_bucket("models")?;
+    moto.put("models/tiny.onnx", &model)?;
+    moto.put(
         "models/tiny.onnx.sha256",
         format!("{}  tiny.onnx\n", onnx::checksum::sha256_hex(&model)).as_bytes(),
     )?;
 
-    let (mut child, addr) = serve(&moto.endpoint, "s3://models/tiny.onnx")?;
+    let (mut child, addr) = serve(&moto, "s3://models/tiny.onnx")?;
     let result = (|| -> Result<()> {
         let addr = addr?;
         let png = solid([240, 30, 30], 32, 32, ImageFormat::Png);
@@ -125,7 +77,7 @@ fn serves_a_model_from_s3_and_rejects_wrong_keys_and_corrupted_objects() -> Resu
     result?;
 
     // A key that is not there.
-    let output = infer_command(&moto.endpoint, "s3://models/absent.onnx").output()?;
+    let output = infer_command(&moto, "s3://models/absent.onnx").output()?;
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{err}");
     assert!(
@@ -137,20 +89,19 @@ fn serves_a_model_from_s3_and_rejects_wrong_keys_and_corrupted_objects() -> Resu
     // moto answers 403 to an unsigned overwrite.)
     let mut corrupted = model.clone();
     corrupted.truncate(model.len() - 7);
-    put(&moto.endpoint, "models/bad.onnx", &corrupted)?;
-    put(
-        &moto.endpoint,
+    moto.put("models/bad.onnx", &corrupted)?;
+    moto.put(
         "models/bad.onnx.sha256",
         format!("{}  bad.onnx\n", onnx::checksum::sha256_hex(&model)).as_bytes(),
     )?;
-    let output = infer_command(&moto.endpoint, "s3://models/bad.onnx").output()?;
+    let output = infer_command(&moto, "s3://models/bad.onnx").output()?;
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{err}");
     assert!(err.contains("s3://models/bad.onnx is corrupted"), "{err}");
 
     // No sidecar at all (S3 answers 404 for it): the model is served, unverified.
-    put(&moto.endpoint, "models/plain.onnx", &model)?;
-    let (mut child, addr) = serve(&moto.endpoint, "s3://models/plain.onnx")?;
+    moto.put("models/plain.onnx", &model)?;
+    let (mut child, addr) = serve(&moto, "s3://models/plain.onnx")?;
     let _ = child.kill();
     let _ = child.wait();
     addr?;

@@ -385,3 +385,44 @@ fn concurrent_large_images_are_decoded_a_few_at_a_time() -> Result<()> {
     );
     Ok(())
 }
+
+/// What a first start prints with the default log filter (`RUST_LOG` unset): no warning when
+/// nothing needs action (ONNX Runtime's note that a stored optimised graph is hardware-specific
+/// is handled by the graph cache's key), and durations to the microsecond, without float noise.
+#[test]
+fn a_first_start_warns_of_nothing_and_logs_rounded_durations() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+
+    let (dir, model) = model_dir()?;
+    let mut child = Command::new(infer_bin())
+        .args(["serve", "--addr", "127.0.0.1:0", "--model"])
+        .arg(&model)
+        .arg("--cache-dir")
+        .arg(dir.path().join("graph-cache"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    sigterm(&child)?;
+    let mut log = String::new();
+    child.stderr.take().context("stderr")?.read_to_string(&mut log)?;
+    child.wait()?;
+    ensure!(line.starts_with("listening on"), "{line:?}: {log}");
+    assert!(log.contains("graph_cache=Stored"), "{log}");
+    for line in log.lines() {
+        assert!(!line.contains(" WARN "), "a warning on a first start: {line}");
+        for value in line
+            .split_whitespace()
+            .filter_map(|w| w.split_once("ms=").map(|(_, v)| v))
+        {
+            let decimals = value.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(
+                value.parse::<f64>().is_ok() && decimals <= 3,
+                "not a duration to the microsecond: {value} in {line}"
+            );
+        }
+    }
+    Ok(())
+}

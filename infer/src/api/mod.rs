@@ -44,7 +44,7 @@ use tracing::Instrument;
 use crate::batch::{Engine, EngineError};
 use crate::metrics::Metrics;
 use crate::model::ModelInfo;
-use crate::preprocess::{DecodeLimits, Normalisation, preprocess_seen};
+use crate::preprocess::{BoundedError, DecodeLimits, Normalisation, Preprocessed, preprocess_bounded};
 
 pub use error::{ApiError, RequestId, V2Error};
 pub use v1::{ModelRef, PredictResponse, Prediction, Timing};
@@ -400,29 +400,14 @@ async fn preprocess_images(
     keep_input: bool,
 ) -> Result<(Vec<f32>, Vec<RgbImage>), ApiError> {
     let norm = Normalisation::from_info(state.info());
-    let decode_limits = state.limits.decode;
     let batch = images.len() > 1;
-    // Owned and moved into the task: a client that hangs up must not free the slot while the
-    // decode it started still holds its memory.
-    let permit = Arc::clone(&state.decoding)
-        .acquire_owned()
-        .await
-        .map_err(|e| ApiError::internal(id, format!("the decoding limit is closed: {e}")))?;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut input = Vec::with_capacity(images.len() * 3 * (norm.height * norm.width) as usize);
-        let mut seen = Vec::new();
-        for (i, bytes) in images.iter().enumerate() {
-            let image = preprocess_seen(bytes, &decode_limits, &norm, &mut input)
-                .map_err(|e| ApiError::from_preprocess(e, batch.then_some(i)))?;
-            if keep_input {
-                seen.push(image);
-            }
-        }
-        Ok::<_, ApiError>((input, seen))
-    })
-    .await
-    .map_err(|e| ApiError::internal(id, format!("the preprocessing task failed: {e}")))?
+    let done = preprocess_bounded(&state.decoding, images, state.limits.decode, norm, keep_input).await;
+    match done {
+        Ok(Preprocessed { input, seen }) => Ok((input, seen)),
+        Err(BoundedError::Image { index, source }) => Err(ApiError::from_preprocess(source, batch.then_some(index))),
+        Err(e @ BoundedError::Closed) => Err(ApiError::internal(id, e.to_string())),
+        Err(e @ BoundedError::Task(_)) => Err(ApiError::internal(id, e.to_string())),
+    }
 }
 
 /// Logits for `n` preprocessed images; a full queue or no worker left is 503, any other failure

@@ -215,7 +215,7 @@ pub(super) async fn predict(
             })
         })
         .collect::<Result<_, ApiError>>()?;
-    let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    let ms = crate::logging::millis;
     Ok(Json(PredictResponse {
         model: ModelRef {
             name: info.name.clone(),

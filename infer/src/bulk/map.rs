@@ -22,10 +22,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::OnceCell;
-use tokio::task::JoinSet;
 
 use super::store::{Object, Objects};
-use super::{Classify, ItemError, Record};
+use super::{Classify, InFlight, ItemError, Record};
 
 /// Classes per record when `BatchInput` does not say.
 pub const DEFAULT_TOP_K: usize = 5;
@@ -125,19 +124,14 @@ impl Worker {
         });
         let count = batch.items.len();
         let mut results: Vec<Option<Record>> = vec![None; count];
-        let mut items = batch.items.into_iter().enumerate();
-        let mut tasks = JoinSet::new();
+        let items = batch
+            .items
+            .into_iter()
+            .map(|item| Object::s3(item.key, item.etag, item.size));
+        let mut in_flight = InFlight::new(Arc::clone(&self.classify), objects, top_k, self.concurrency, items);
         loop {
-            while tasks.len() < self.concurrency {
-                let Some((i, item)) = items.next() else { break };
-                let classify = Arc::clone(&self.classify);
-                let objects = Arc::clone(&objects);
-                tasks.spawn(async move {
-                    let object = Object::s3(item.key, item.etag, item.size);
-                    (i, classify.object(&objects, object, top_k).await)
-                });
-            }
-            match tasks.join_next().await {
+            in_flight.fill();
+            match in_flight.next().await {
                 Some(Ok((i, record))) => results[i] = Some(record),
                 // A task that panicked: its slot is filled below.
                 Some(Err(_)) => {}
@@ -153,7 +147,7 @@ impl Worker {
         tracing::info!(
             items = count,
             failed,
-            ms = started.elapsed().as_secs_f64() * 1e3,
+            ms = crate::logging::millis(started.elapsed()),
             "distributed map batch done"
         );
         Ok(BatchReply {

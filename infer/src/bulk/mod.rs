@@ -20,12 +20,13 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
+use tokio::task::{JoinError, JoinSet};
 
 use crate::api::Limits;
 use crate::batch::{BatchConfig, Engine};
 use crate::metrics::Metrics;
 use crate::model::{Classifier, ModelError, ModelInfo};
-use crate::preprocess::{Normalisation, PreprocessError, preprocess_into};
+use crate::preprocess::{BoundedError, Normalisation, PreprocessError, preprocess_bounded};
 use crate::scores::{Scored, top_k};
 use store::{Object, Objects};
 
@@ -152,23 +153,60 @@ impl Classify {
         self.check_size(Some(bytes.len() as u64))?;
         let info = self.info();
         let norm = Normalisation::from_info(info);
-        let decode = self.limits.decode;
-        let permit = Arc::clone(&self.decoding)
-            .acquire_owned()
-            .await
-            .map_err(|_| ItemError::Task("decoding"))?;
-        let input = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let mut input = Vec::with_capacity(3 * (norm.height * norm.width) as usize);
-            preprocess_into(&bytes, &decode, &norm, &mut input).map(|()| input)
-        })
-        .await
-        .map_err(|_| ItemError::Task("decoding"))??;
+        let input = match preprocess_bounded(&self.decoding, vec![bytes], self.limits.decode, norm, false).await {
+            Ok(done) => done.input,
+            Err(BoundedError::Image { source, .. }) => return Err(source.into()),
+            Err(BoundedError::Closed | BoundedError::Task(_)) => return Err(ItemError::Task("decoding")),
+        };
         let logits = self.engine.infer(input, 1).await?;
         let k = k.clamp(1, info.num_classes().max(1));
         logits
             .first()
             .map(|l| top_k(l, &info.class_names, k))
             .ok_or_else(|| ItemError::Model(ModelError::Inference("the model returned no logits".into())))
+    }
+}
+
+/// The objects being read and classified, at most `limit` at once, started in the order
+/// `pending` gives them: the loop of both `infer predict` ([`run`]) and the Map worker
+/// ([`map`]).
+#[derive(Debug)]
+pub struct InFlight<I> {
+    classify: Arc<Classify>,
+    objects: Arc<Objects>,
+    top_k: usize,
+    limit: usize,
+    pending: std::iter::Enumerate<I>,
+    tasks: JoinSet<(usize, Record)>,
+}
+
+impl<I: Iterator<Item = Object>> InFlight<I> {
+    pub fn new(classify: Arc<Classify>, objects: Arc<Objects>, top_k: usize, limit: usize, pending: I) -> Self {
+        Self {
+            classify,
+            objects,
+            top_k,
+            limit: limit.max(1),
+            pending: pending.enumerate(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Starts objects until `limit` are in flight or none is left to start.
+    pub fn fill(&mut self) {
+        while self.tasks.len() < self.limit {
+            let Some((i, object)) = self.pending.next() else { break };
+            let (classify, objects) = (Arc::clone(&self.classify), Arc::clone(&self.objects));
+            let top_k = self.top_k;
+            self.tasks
+                .spawn(async move { (i, classify.object(&objects, object, top_k).await) });
+        }
+    }
+
+    /// The next record to complete, with its object's place in `pending`; `None` when nothing
+    /// is in flight. `Classify::object` does not panic; a task that did anyway is an `Err`, and
+    /// its object has no record. Cancel-safe (a record is never lost to a `select!`).
+    pub async fn next(&mut self) -> Option<Result<(usize, Record), JoinError>> {
+        self.tasks.join_next().await
     }
 }

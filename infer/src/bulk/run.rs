@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::task::JoinSet;
 
-use super::Classify;
 use super::output::Output;
 use super::store::{Objects, StoreError};
+use super::{Classify, InFlight};
 
 /// How the run goes.
 #[derive(Debug, Clone, Copy)]
@@ -130,10 +129,13 @@ pub async fn run(
         bar.set_style(style.progress_chars("=> "));
     }
 
-    let objects = Arc::new(objects);
-    let concurrency = options.concurrency.max(1);
-    let mut pending = todo.into_iter();
-    let mut tasks = JoinSet::new();
+    let mut in_flight = InFlight::new(
+        classify,
+        Arc::new(objects),
+        options.top_k,
+        options.concurrency,
+        todo.into_iter(),
+    );
     let mut summary = Summary {
         listed: total,
         skipped,
@@ -144,14 +146,11 @@ pub async fn run(
         interrupted: false,
     };
     loop {
-        while !summary.interrupted && tasks.len() < concurrency {
-            let Some(object) = pending.next() else { break };
-            let (classify, objects) = (Arc::clone(&classify), Arc::clone(&objects));
-            let top_k = options.top_k;
-            tasks.spawn(async move { classify.object(&objects, object, top_k).await });
+        if !summary.interrupted {
+            in_flight.fill();
         }
         let joined = tokio::select! {
-            joined = tasks.join_next() => joined,
+            joined = in_flight.next() => joined,
             name = stop.recv(), if !summary.interrupted => {
                 summary.interrupted = true;
                 tracing::info!("{name}: finishing the images in flight, then the output");
@@ -160,9 +159,8 @@ pub async fn run(
             }
         };
         let Some(joined) = joined else { break };
-        // `Classify::object` does not panic; a task that did anyway leaves its object for the
-        // next run.
-        let Ok(record) = joined else { continue };
+        // A task that panicked leaves its object for the next run.
+        let Ok((_, record)) = joined else { continue };
         if record.error.is_some() {
             summary.failed += 1;
         } else {

@@ -3,59 +3,18 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsStr;
-use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::error::DisplayErrorContext;
 
 use super::ItemError;
-
-/// `s3://bucket/key-or-prefix` or a local path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    S3 { bucket: String, key: String },
-    Path(PathBuf),
-}
-
-impl Location {
-    pub fn parse(text: &str) -> Result<Self, StoreError> {
-        if let Some(rest) = text.strip_prefix("s3://") {
-            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(StoreError::BadUri(text.to_owned()));
-            }
-            return Ok(Self::S3 {
-                bucket: bucket.to_owned(),
-                key: key.to_owned(),
-            });
-        }
-        if text.is_empty() || text.contains("://") {
-            return Err(StoreError::BadUri(text.to_owned()));
-        }
-        Ok(Self::Path(PathBuf::from(text)))
-    }
-
-    /// Whether `text` names a folder or S3 prefix (what `infer predict` classifies in bulk)
-    /// rather than one image file.
-    pub fn is_bulk(text: &str) -> bool {
-        text.starts_with("s3://") || Path::new(text).is_dir()
-    }
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
-            Self::Path(path) => write!(f, "{}", path.display()),
-        }
-    }
-}
+pub use crate::location::{Location, NotALocation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{0:?} is not a path or s3://bucket/prefix")]
-    BadUri(String),
+    #[error(transparent)]
+    BadUri(#[from] NotALocation),
     #[error("the output {0} must name an object (s3://bucket/key), not a prefix")]
     OutputIsPrefix(String),
     #[error("{what} {path}: {source}")]
@@ -370,25 +329,6 @@ pub(super) async fn read_s3(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn locations_parse() {
-        let s3 = |bucket: &str, key: &str| {
-            Some(Location::S3 {
-                bucket: bucket.into(),
-                key: key.into(),
-            })
-        };
-        assert_eq!(Location::parse("s3://b/images/").ok(), s3("b", "images/"));
-        assert_eq!(Location::parse("s3://b").ok(), s3("b", ""));
-        assert_eq!(
-            Location::parse("out.jsonl").ok(),
-            Some(Location::Path("out.jsonl".into()))
-        );
-        for bad in ["s3://", "s3:///k", "http://x/y", ""] {
-            assert!(Location::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[cfg(unix)]
     #[test]

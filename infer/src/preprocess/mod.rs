@@ -6,6 +6,7 @@
 //! gets classified. JPEG has a module of its own ([`jpeg`]: strict, and reduced-scale for large
 //! images); the other formats' decoders already fail on missing data.
 
+mod bounded;
 mod jpeg;
 mod limits;
 
@@ -15,6 +16,7 @@ use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
+pub use bounded::{BoundedError, Preprocessed, preprocess_bounded};
 use limits::check_size;
 pub use limits::{DecodeLimits, PreprocessError};
 

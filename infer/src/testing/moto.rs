@@ -132,6 +132,41 @@ impl Moto {
             .read_to_vec()
             .map_err(http)
     }
+
+    /// One call of the IAM query API (`Action=...` and its parameters) as the account's root,
+    /// while IAM is not enforced: its XML answer.
+    pub fn iam(&self, params: &[(&str, &str)]) -> Result<String, MotoError> {
+        let url = format!("{}/", self.endpoint);
+        let mut form = vec![("Version", "2010-05-08")];
+        form.extend_from_slice(params);
+        let http = |e: ureq::Error| MotoError::Http {
+            method: "POST",
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        // moto routes a request to a service by the credential scope of its Authorization header.
+        ureq::post(&url)
+            .header("Authorization", AUTHORIZATION.replace("/s3/", "/iam/"))
+            .send_form(form)
+            .map_err(http)?
+            .body_mut()
+            .read_to_string()
+            .map_err(http)
+    }
+
+    /// Whether moto checks every call's signature and IAM policies from now on (moto's
+    /// `INITIAL_NO_AUTH_ACTION_COUNT`: 0, or never). The plain calls above need it off.
+    pub fn enforce_iam(&self, on: bool) -> Result<(), MotoError> {
+        let url = format!("{}/moto-api/reset-auth", self.endpoint);
+        ureq::post(&url)
+            .send(if on { "0" } else { "inf" })
+            .map_err(|e| MotoError::Http {
+                method: "POST",
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(())
+    }
 }
 
 impl Drop for Moto {
