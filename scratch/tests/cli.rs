@@ -145,3 +145,148 @@ fn bench_json_reports_all_three_timings() -> Result<()> {
     assert_eq!(printed as f32, expected, "printed max abs diff");
     Ok(())
 }
+
+/// A small classifier graph: Conv (stride 2) -> Relu -> MaxPool (ceil mode) -> grouped Conv,
+/// added to its own input -> GlobalAveragePool -> Flatten -> Gemm, with a symbolic batch.
+fn tiny_classifier(extra: Option<&str>) -> onnx::proto::ModelProto {
+    use onnx::proto::{
+        AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+        TypeProto, ValueInfoProto, attribute_type, data_type, tensor_shape_proto, type_proto,
+    };
+    use tensor_shape_proto::dimension::Value::{DimParam, DimValue};
+    let ints = |name: &str, ints: &[i64]| AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INTS,
+        ints: ints.to_vec(),
+        ..AttributeProto::default()
+    };
+    let int = |name: &str, i: i64| AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INT,
+        i,
+        ..AttributeProto::default()
+    };
+    let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>| NodeProto {
+        input: inputs.iter().map(|&s| s.into()).collect(),
+        output: vec![output.into()],
+        name: output.into(),
+        op_type: op.into(),
+        attribute,
+        ..NodeProto::default()
+    };
+    let weight = |name: &str, dims: &[i64]| TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: data_type::FLOAT,
+        float_data: vec![0.5; dims.iter().product::<i64>() as usize],
+        ..TensorProto::default()
+    };
+    let dim = |value| tensor_shape_proto::Dimension {
+        value: Some(value),
+        ..tensor_shape_proto::Dimension::default()
+    };
+    let input = ValueInfoProto {
+        name: "input".into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: data_type::FLOAT,
+                shape: Some(TensorShapeProto {
+                    dim: vec![
+                        dim(DimParam("N".into())),
+                        dim(DimValue(3)),
+                        dim(DimValue(10)),
+                        dim(DimValue(10)),
+                    ],
+                }),
+            })),
+            ..TypeProto::default()
+        }),
+        ..ValueInfoProto::default()
+    };
+    let mut nodes = vec![
+        node(
+            "Conv",
+            &["input", "w1"],
+            "conv1",
+            vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])],
+        ),
+        node("Relu", &["conv1"], "relu1", vec![]),
+        node(
+            "MaxPool",
+            &["relu1"],
+            "pool1",
+            vec![
+                ints("kernel_shape", &[2, 2]),
+                ints("strides", &[2, 2]),
+                int("ceil_mode", 1),
+            ],
+        ),
+        node(
+            "Conv",
+            &["pool1", "w2"],
+            "conv2",
+            vec![ints("pads", &[1, 1, 1, 1]), int("group", 2)],
+        ),
+        node("Add", &["conv2", "pool1"], "add", vec![]),
+        node("GlobalAveragePool", &["add"], "gap", vec![]),
+        node("Flatten", &["gap"], "flat", vec![int("axis", 1)]),
+        node("Gemm", &["flat", "fc", "fc_bias"], "logits", vec![int("transB", 1)]),
+    ];
+    if let Some(op) = extra {
+        nodes.push(node(op, &["logits"], "extra", vec![]));
+    }
+    ModelProto {
+        ir_version: onnx::proto::IR_VERSION,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(GraphProto {
+            node: nodes,
+            name: "tiny".into(),
+            initializer: vec![
+                weight("w1", &[4, 3, 3, 3]),
+                weight("w2", &[4, 2, 3, 3]),
+                weight("fc", &[5, 4]),
+                weight("fc_bias", &[5]),
+            ],
+            input: vec![input],
+            ..GraphProto::default()
+        }),
+        ..ModelProto::default()
+    }
+}
+
+#[test]
+fn flops_counts_convs_and_the_classifier_per_image() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tiny.onnx");
+    std::fs::write(&path, tiny_classifier(None).to_bytes())?;
+    let stdout = run(scratch().arg("flops").arg(&path))?;
+    // conv1: 4 filters of 3x3x3 at (10 + 2 - 3) / 2 + 1 = 5x5; the pool: ceil((5 - 2) / 2) + 1 = 3x3;
+    // conv2: 4 filters of 2 channels (2 groups) x 3x3 at 3x3; the Gemm: a 5x4 weight.
+    let expected: u64 = 2 * (4 * 3 * 9 * 5 * 5) + 2 * (4 * 2 * 9 * 3 * 3) + 2 * 5 * 4;
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "{}: {:.4} GFLOP per image ({expected} FLOP)",
+            path.display(),
+            expected as f64 / 1e9
+        )
+    );
+    Ok(())
+}
+
+#[test]
+fn flops_names_an_operator_it_cannot_shape() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tiny.onnx");
+    std::fs::write(&path, tiny_classifier(Some("Upsample")).to_bytes())?;
+    let out = scratch().arg("flops").arg(&path).output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr)?;
+    for needle in ["tiny.onnx", "node \"extra\" (Upsample)", "operator Upsample"] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    Ok(())
+}
