@@ -156,7 +156,15 @@ mod tests {
             assert!(report.images_per_second > 0.0 && report.images_per_second.is_finite());
             // The layout that ran is reported, not the one asked for: width 8 keeps it.
             assert_eq!(report.options.channels_last, channels_last);
-            assert!(report.to_string().contains("images/s"));
+            // The rate is over the timed steps alone: the mean step it implies lies between the
+            // fastest and the slowest of them (plus the few instructions between two steps).
+            let mean_ms = 1e3 * opts.batch_size as f64 / report.images_per_second;
+            assert!(
+                report.step_ms_min <= mean_ms && mean_ms <= report.step_ms_max + 0.1,
+                "mean step {mean_ms} ms outside [{}, {}]",
+                report.step_ms_min,
+                report.step_ms_max
+            );
         }
         Ok(())
     }

@@ -36,9 +36,18 @@ struct Shape {
     padding: usize,
 }
 
+/// The [`Tensor4::random`] seeds of the inputs, so that a reader can rebuild them.
+#[derive(Debug, Serialize)]
+struct Seeds {
+    input: u64,
+    weight: u64,
+    bias: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     shape: Shape,
+    seeds: Seeds,
     naive_s: f64,
     fast_s: f64,
     libtorch_s: f64,
@@ -70,10 +79,15 @@ pub fn run(args: &Args) -> Result<()> {
         stride: 1,
         padding: 1,
     };
+    let seeds = Seeds {
+        input: 1,
+        weight: 2,
+        bias: 3,
+    };
     let params = Conv2dParams::default().stride(shape.stride).padding(shape.padding);
-    let input = Tensor4::random(shape.input, 1);
-    let weight = Tensor4::random(shape.weight, 2);
-    let bias = Tensor4::random([1, 1, 1, shape.weight[0]], 3).into_data();
+    let input = Tensor4::random(shape.input, seeds.input);
+    let weight = Tensor4::random(shape.weight, seeds.weight);
+    let bias = Tensor4::random([1, 1, 1, shape.weight[0]], seeds.bias).into_data();
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
@@ -106,6 +120,7 @@ pub fn run(args: &Args) -> Result<()> {
 
     let report = Report {
         shape,
+        seeds,
         naive_s,
         fast_s,
         libtorch_s,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod edges;
+mod flops;
 mod torch;
 
 use clap::{Parser, Subcommand};
@@ -22,11 +23,15 @@ enum Command {
     /// Edge-detect a photo with the scratch conv and with libtorch; write a 3-panel PNG
     /// (photo | scratch | libtorch) and print the max abs difference.
     Edges(edges::Args),
+    /// Print the floating-point operations per image of ONNX classifiers (a multiply-add counts
+    /// as two), from their Conv and Gemm/MatMul nodes at batch 1.
+    Flops(flops::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench::run(&args),
         Command::Edges(args) => edges::run(&args),
+        Command::Flops(args) => flops::run(&args),
     }
 }
