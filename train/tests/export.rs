@@ -413,3 +413,42 @@ fn wrong_inputs_are_named() -> TestResult {
     );
     Ok(())
 }
+
+/// Sets `variable`'s first element (of its first channel, for a weight) to `value`.
+fn set_first(vs: &VarStore, variable: &str, value: f64) -> TestResult {
+    let vars = vs.variables();
+    let t = vars.get(variable).ok_or_else(|| format!("no variable {variable}"))?;
+    tch::no_grad(|| {
+        let _ = t.shallow_clone().view([-1]).get(0).fill_(value);
+    });
+    Ok(())
+}
+
+#[test]
+fn a_weight_that_folds_beyond_float16_is_refused_by_name() -> TestResult {
+    let (vs, model) = random_model(4, 10, 9)?;
+    // gamma / sqrt(var + eps) = 1e4 / sqrt(2e-5), about 2e6: the stem's first filter folds to
+    // magnitudes around 1e5, finite in float32 and infinite in float16.
+    set_first(&vs, "stem.bn.weight", 1e4)?;
+    set_first(&vs, "stem.bn.running_var", 1e-5)?;
+    let meta = metadata(&model);
+    let fp32 = export_model(&model, &meta, &GraphOptions::default())?;
+    let x = Tensor::randn([2, 3, 32, 32], FLOAT);
+    let (expected, got) = both_logits(&model, &fp32, &x)?;
+    assert!(got.iter().all(|v| v.is_finite()), "float32 logits {got:?}");
+    let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    assert!(max_abs_diff(&expected, &got) <= 1e-4 * scale);
+
+    let fp16 = GraphOptions {
+        fp16: true,
+        ..GraphOptions::default()
+    };
+    let err = export_model(&model, &meta, &fp16).err();
+    assert!(
+        matches!(&err, Some(ExportError::Fp16Range(n)) if n == "stem.weight"),
+        "{err:?}"
+    );
+    let shown = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(shown.contains("`stem.weight`") && shown.contains("65504"), "{shown}");
+    Ok(())
+}

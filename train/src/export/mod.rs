@@ -136,6 +136,8 @@ pub enum ExportError {
     },
     #[error("weight `{0}` contains NaN or infinity")]
     NonFinite(String),
+    #[error("weight `{0}` has values beyond float16's range (magnitude above 65504): export it without --fp16")]
+    Fp16Range(String),
     #[error("cannot export this network: {0}")]
     Structure(String),
     #[error("input size: {0}")]
