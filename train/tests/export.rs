@@ -452,3 +452,61 @@ fn a_weight_that_folds_beyond_float16_is_refused_by_name() -> TestResult {
     assert!(shown.contains("`stem.weight`") && shown.contains("65504"), "{shown}");
     Ok(())
 }
+
+fn names(dir: &Path) -> Result<Vec<String>, std::io::Error> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    Ok(names)
+}
+
+#[test]
+fn a_failed_export_leaves_the_previous_model_and_sidecar_and_no_temporary_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("model.onnx");
+    let sidecar = onnx::checksum::sidecar_path(&out);
+    let (_va, a) = random_model(4, 10, 10)?;
+    let (_vb, b) = random_model(4, 10, 11)?;
+    let opts = GraphOptions::default();
+    let first = export::export_to_file(&a, &metadata(&a), &out, &opts)?;
+    let second = export::export_to_file(&b, &metadata(&b), &out, &opts)?;
+    assert_ne!(first.sha256, second.sha256);
+    let model = std::fs::read(&out)?;
+    assert_eq!(onnx::checksum::verify(&out, &model)?, second.sha256);
+    assert_eq!(names(dir.path())?, ["model.onnx", "model.onnx.sha256"]);
+
+    // The sidecar cannot be renamed into place (a directory holds its name): the sidecar goes in
+    // before the model, so the model is still the previous one.
+    std::fs::remove_file(&sidecar)?;
+    std::fs::create_dir(&sidecar)?;
+    std::fs::write(sidecar.join("keep"), "")?;
+    let err = export::export_to_file(&a, &metadata(&a), &out, &opts).err();
+    assert!(
+        matches!(&err, Some(ExportError::Write { path, .. }) if *path == sidecar),
+        "{err:?}"
+    );
+    assert!(std::fs::read(&out)? == model, "the model was replaced");
+    assert_eq!(names(dir.path())?, ["model.onnx", "model.onnx.sha256"]);
+    std::fs::remove_dir_all(&sidecar)?;
+    let restored = export::export_to_file(&b, &metadata(&b), &out, &opts)?;
+    let model = std::fs::read(&out)?;
+
+    // The sidecar cannot be staged (its temporary file's name is taken by a directory): the
+    // model, already written to its own temporary file, is not put in place either.
+    let blocker = dir.path().join(".model.onnx.sha256.tmp");
+    std::fs::create_dir(&blocker)?;
+    std::fs::write(blocker.join("keep"), "")?;
+    let err = export::export_to_file(&a, &metadata(&a), &out, &opts).err();
+    assert!(
+        matches!(&err, Some(ExportError::Write { path, .. }) if *path == sidecar),
+        "{err:?}"
+    );
+    assert!(std::fs::read(&out)? == model, "the model was replaced");
+    assert_eq!(onnx::checksum::verify(&out, &model)?, restored.sha256);
+    assert_eq!(
+        names(dir.path())?,
+        [".model.onnx.sha256.tmp", "model.onnx", "model.onnx.sha256"]
+    );
+    Ok(())
+}

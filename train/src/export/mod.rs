@@ -22,12 +22,14 @@ mod graph;
 pub mod provenance;
 
 use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use onnx::ModelMetadata;
 use onnx::proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use tch::Device;
 
+use crate::atomic_file::{self, ReplaceError};
 use crate::checkpoint::{CheckpointError, CheckpointInfo, load_for_inference};
 use crate::model::ResNet18;
 
@@ -235,8 +237,16 @@ pub fn build_model(model: &ResNet18, meta: &ModelMetadata, opts: &GraphOptions) 
     })
 }
 
-/// Writes the encoded model to `out` (via a temporary file and a rename, so a reader never
-/// sees half a model) and then the sidecar.
+/// Writes the encoded model to `out` and its sidecar beside it, each through a synced temporary
+/// file and a rename (see [`crate::atomic_file`]), so a reader never sees half a file.
+///
+/// Both temporary files are written before either rename: an export that fails while writing
+/// (a full disk) changes neither file. The sidecar is renamed first, the model second. Readers
+/// check the model against the sidecar, so the one state between the renames, the new sidecar
+/// beside the old model, is refused rather than served; the other order would put the new model
+/// in place beside the old sidecar, or beside none at all where there was none, which a reader
+/// takes as a model with nothing to check against. This way the new model is visible only once
+/// its own sidecar is durably in place.
 pub fn write_model(proto: &ModelProto, out: &Path, opts: &GraphOptions) -> Result<ExportReport, ExportError> {
     let bytes = proto.to_bytes();
     let sha256 = onnx::checksum::sha256_hex(&bytes);
@@ -247,13 +257,19 @@ pub fn write_model(proto: &ModelProto, out: &Path, opts: &GraphOptions) -> Resul
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     }
-    let mut tmp = out.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, &bytes).map_err(write_err(&tmp))?;
-    std::fs::rename(&tmp, out).map_err(write_err(out))?;
     let sidecar = onnx::checksum::sidecar_path(out);
-    std::fs::write(&sidecar, onnx::checksum::sidecar_line(&sha256, out)).map_err(write_err(&sidecar))?;
+    let stage = |path: &Path, content: &[u8]| {
+        atomic_file::stage(path, |f| f.write_all(content)).map_err(|e| match e {
+            ReplaceError::Io(source) | ReplaceError::Write(source) => ExportError::Write {
+                path: path.to_owned(),
+                source,
+            },
+        })
+    };
+    let model_file = stage(out, &bytes)?;
+    let sidecar_file = stage(&sidecar, onnx::checksum::sidecar_line(&sha256, out).as_bytes())?;
+    sidecar_file.commit().map_err(write_err(&sidecar))?;
+    model_file.commit().map_err(write_err(out))?;
     let graph = proto.graph.as_ref();
     Ok(ExportReport {
         path: out.to_owned(),
