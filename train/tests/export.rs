@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::Command;
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
@@ -508,5 +509,82 @@ fn a_failed_export_leaves_the_previous_model_and_sidecar_and_no_temporary_file()
         names(dir.path())?,
         [".model.onnx.sha256.tmp", "model.onnx", "model.onnx.sha256"]
     );
+    Ok(())
+}
+
+/// `git ARGS` in `dir`, its trimmed standard output.
+fn git(dir: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = Command::new("git").arg("-C").arg(dir).args(args).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "git {args:?} in {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// The metadata contract of the model file at `path`.
+fn metadata_of(path: &Path) -> Result<onnx::ModelMetadata, Box<dyn std::error::Error>> {
+    let proto = onnx::proto::ModelProto::from_bytes(&std::fs::read(path)?)?;
+    let props = proto.metadata_props;
+    Ok(onnx::ModelMetadata::from_props(|k| {
+        props.iter().find(|p| p.key == k).map(|p| p.value.clone())
+    })?)
+}
+
+#[test]
+fn the_recorded_commit_is_the_one_built_from_wherever_the_export_runs() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // The export runs inside another repository, which has a commit of its own.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other)?;
+    git(&other, &["init", "-q"])?;
+    git(
+        &other,
+        &[
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.invalid",
+            "-c",
+            "commit.gpgsign=false",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "another project",
+        ],
+    )?;
+    let other_head = git(&other, &["rev-parse", "HEAD"])?;
+
+    let (vs, model) = random_model(4, 10, 12)?;
+    let ckpt = dir.path().join("m.ckpt");
+    checkpoint::save(&ckpt, &vs, &CheckpointInfo::untrained(model.config))?;
+    let out = dir.path().join("m.onnx");
+    let run = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(&other)
+        .arg("export")
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .arg("--out")
+        .arg(&out)
+        .output()?;
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let recorded = metadata_of(&out)?.git_commit;
+    assert_ne!(recorded.as_deref(), Some(other_head.as_str()));
+    // The checkout this test was built from (build.rs reran when its HEAD moved).
+    match git(Path::new(env!("CARGO_MANIFEST_DIR")), &["rev-parse", "HEAD"]) {
+        Ok(head) => {
+            let recorded = recorded.unwrap_or_default();
+            assert!(
+                recorded == head || recorded == format!("{head}-dirty"),
+                "recorded {recorded}, built from {head}"
+            );
+        }
+        Err(_) => assert_eq!(recorded, None, "built outside a git checkout"),
+    }
     Ok(())
 }

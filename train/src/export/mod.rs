@@ -170,8 +170,8 @@ pub fn export_checkpoint(opts: &ExportOptions) -> Result<ExportReport, ExportErr
     export_to_file(&model, &metadata_for(&info), &opts.out, &graph_opts)
 }
 
-/// The contract for a model described by a checkpoint header, stamped with the current git
-/// commit and time.
+/// The contract for a model described by a checkpoint header, stamped with the git commit the
+/// exporter was built from and the current time.
 pub fn metadata_for(info: &CheckpointInfo) -> ModelMetadata {
     ModelMetadata {
         class_names: info.class_names.clone(),
