@@ -598,3 +598,90 @@ fn the_recorded_commit_is_the_one_built_from_wherever_the_export_runs() -> TestR
     }
     Ok(())
 }
+
+/// Every graph the exporter can write: each opset it allows, float32 and float16 weights, folded
+/// BatchNorm and BatchNormalization nodes.
+fn every_variant() -> Vec<GraphOptions> {
+    let mut variants = Vec::new();
+    for opset in onnx::proto::OPSETS {
+        for fp16 in [false, true] {
+            for batch_norm in [BatchNormMode::Fold, BatchNormMode::Nodes] {
+                variants.push(GraphOptions {
+                    opset,
+                    fp16,
+                    batch_norm,
+                });
+            }
+        }
+    }
+    variants
+}
+
+#[test]
+fn every_variant_passes_the_onnx_checker_with_full_shape_inference() -> TestResult {
+    let (_vs, model) = random_model(4, 10, 13)?;
+    let meta = metadata(&model);
+    let dir = tempfile::tempdir()?;
+    let mut files = Vec::new();
+    for opts in every_variant() {
+        let name = format!(
+            "opset{}-{}-{:?}.onnx",
+            opts.opset,
+            if opts.fp16 { "fp16" } else { "fp32" },
+            opts.batch_norm
+        );
+        files.push(export::export_to_file(&model, &meta, &dir.path().join(name), &opts)?.path);
+    }
+    // The tools' venv that xtask installs for the tests holds the pinned `onnx` package.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".native/tools/bin/python");
+    let run = Command::new(&python)
+        .arg(root.join("scripts/check_onnx.py"))
+        .args(&files)
+        .output()
+        .map_err(|e| {
+            format!(
+                "{}: {e} (`cargo xtask setup` installs the tools' venv)",
+                python.display()
+            )
+        })?;
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "check_onnx.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for file in &files {
+        let name = file.display().to_string();
+        assert!(
+            stdout.contains(&format!("{name}: valid")),
+            "{name} not reported valid:\n{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "matches {}.sha256",
+                file.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            )),
+            "{name}'s sidecar not checked:\n{stdout}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn every_variant_runs_in_onnx_runtime_as_libtorch_computes() -> TestResult {
+    let (_vs, model) = random_model(4, 10, 14)?;
+    let meta = metadata(&model);
+    let x = Tensor::randn([3, 3, 32, 32], FLOAT);
+    for opts in every_variant() {
+        let bytes = export_model(&model, &meta, &opts)?;
+        let (expected, got) = both_logits(&model, &bytes, &x)?;
+        let diff = max_abs_diff(&expected, &got);
+        // float16 storage rounds each weight by up to 2^-11 of itself; over the network's 21
+        // layers that moves these logits (up to about 11) by about 6e-4 of their size.
+        let largest = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let tolerance = if opts.fp16 { 1e-3 * largest } else { 1e-4 };
+        assert!(diff <= tolerance, "{opts:?}: max |tch - ort| = {diff:e}");
+    }
+    Ok(())
+}
