@@ -685,3 +685,84 @@ fn every_variant_runs_in_onnx_runtime_as_libtorch_computes() -> TestResult {
     }
     Ok(())
 }
+
+/// `train ARGS`: its standard output on success, else an error with its standard error.
+fn train_cli(args: &[&std::ffi::OsStr]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_train")).args(args).output()?;
+    if !out.status.success() {
+        return Err(format!("train {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[test]
+fn train_export_init_writes_a_fresh_network_of_the_given_width() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let export_init = |seed: &str, out: &Path| {
+        let args = ["export", "--init", "--width", "8", "--seed", seed, "--out"];
+        let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        args.push(out.as_os_str());
+        train_cli(&args)
+    };
+    let out = dir.path().join("w8.onnx");
+    let printed = export_init("3", &out)?;
+    assert!(printed.contains("w8.onnx"), "{printed}");
+
+    let bytes = std::fs::read(&out)?;
+    onnx::checksum::verify(&out, &bytes)?;
+    let meta = metadata_of(&out)?;
+    assert_eq!(meta.width, 8);
+    assert_eq!(meta.class_names, train::data::CIFAR10_CLASSES);
+    let proto = onnx::proto::ModelProto::from_bytes(&bytes)?;
+    let initializers = proto.graph.map(|g| g.initializer).unwrap_or_default();
+    let dims = |name: &str| {
+        initializers
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.dims.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(dims("stem.weight"), [8, 3, 3, 3]);
+    assert_eq!(dims("fc.weight"), [10, 64]);
+
+    // ONNX Runtime runs it: `[N, 10]` finite logits that depend on the image.
+    let mut session = session(&bytes)?;
+    let x = Tensor::randn([2, 3, 32, 32], FLOAT);
+    let pixels = Vec::<f32>::try_from(x.flatten(0, -1))?;
+    let outputs = session.run(ort::inputs![INPUT => OrtTensor::from_array(([2usize, 3, 32, 32], pixels))?])?;
+    let (shape, logits) = outputs[OUTPUT].try_extract_tensor::<f32>()?;
+    assert_eq!(shape.iter().copied().collect::<Vec<_>>(), [2, 10]);
+    assert!(logits.iter().all(|v| v.is_finite()), "{logits:?}");
+    assert!(max_abs_diff(&logits[..10], &logits[10..]) > 0.0, "{logits:?}");
+
+    // The seed decides the weights.
+    let weights = |path: &Path| -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
+        let proto = onnx::proto::ModelProto::from_bytes(&std::fs::read(path)?)?;
+        Ok(proto
+            .graph
+            .map(|g| g.initializer)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.raw_data)
+            .collect())
+    };
+    let again = dir.path().join("again.onnx");
+    export_init("3", &again)?;
+    assert_eq!(weights(&again)?, weights(&out)?);
+    let other = dir.path().join("other.onnx");
+    export_init("4", &other)?;
+    assert_ne!(weights(&other)?, weights(&out)?);
+
+    // A checkpoint and --init are one or the other; --width describes the --init network.
+    let ckpt = dir.path().join("m.ckpt");
+    let both = ["export", "--init", "--checkpoint"].map(std::ffi::OsStr::new);
+    let err = train_cli(&[both[0], both[1], both[2], ckpt.as_os_str()])
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.as_deref().unwrap_or("").contains("cannot be used with"), "{err:?}");
+    let err = train_cli(&["export", "--checkpoint", "m.ckpt", "--width", "8"].map(std::ffi::OsStr::new))
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.as_deref().unwrap_or("").contains("cannot be used with"), "{err:?}");
+    Ok(())
+}

@@ -28,10 +28,12 @@ use std::path::{Path, PathBuf};
 use onnx::ModelMetadata;
 use onnx::proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use tch::Device;
+use tch::nn::VarStore;
 
 use crate::atomic_file::{self, ReplaceError};
 use crate::checkpoint::{CheckpointError, CheckpointInfo, load_for_inference};
-use crate::model::ResNet18;
+use crate::data::CIFAR10_CLASSES;
+use crate::model::{ModelError, ResNet18, ResNetConfig};
 
 pub use graph::{BATCH, Dim, INPUT, OUTPUT, shape_of};
 
@@ -124,6 +126,8 @@ pub enum ExportError {
     CheckpointNotFound(PathBuf),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
     #[error("opset {requested} is not supported: the exporter writes opsets {min} to {max}")]
     Opset { requested: i64, min: i64, max: i64 },
     #[error("metadata does not match the model: {0}")]
@@ -162,6 +166,42 @@ pub fn export_checkpoint(opts: &ExportOptions) -> Result<ExportReport, ExportErr
         return Err(ExportError::CheckpointNotFound(opts.checkpoint.clone()));
     }
     let (_vs, model, info) = load_for_inference(&opts.checkpoint, Device::Cpu)?;
+    let graph_opts = GraphOptions {
+        opset: opts.opset,
+        fp16: opts.fp16,
+        ..GraphOptions::default()
+    };
+    export_to_file(&model, &metadata_for(&info), &opts.out, &graph_opts)
+}
+
+/// What `train export --init` asks for: a freshly initialised network, as `train fit` would
+/// start it (random weights, BatchNorm as identity), with CIFAR-10's classes and statistics. It
+/// costs what a trained network of its width costs to run, so it stands in for one in serving
+/// benchmarks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitOptions {
+    /// Channels of the first stage (64 = standard ResNet-18).
+    pub width: i64,
+    /// libtorch's seed for the weights: the same seed gives the same file, but for its time.
+    pub seed: i64,
+    pub out: PathBuf,
+    pub opset: i64,
+    pub fp16: bool,
+}
+
+/// `train export --init`: exports a freshly initialised network to `opts.out` and its sidecar.
+pub fn export_initialised(opts: &InitOptions) -> Result<ExportReport, ExportError> {
+    check_opset(opts.opset)?;
+    let config = ResNetConfig {
+        width: opts.width,
+        num_classes: CIFAR10_CLASSES.len() as i64,
+    };
+    tch::manual_seed(opts.seed);
+    let vs = VarStore::new(Device::Cpu);
+    let model = ResNet18::new(&vs.root(), config)?;
+    let mut info = CheckpointInfo::untrained(config);
+    info.class_names = CIFAR10_CLASSES.iter().map(|&c| c.to_owned()).collect();
+    info.dataset = "CIFAR-10 (untrained: random weights)".to_owned();
     let graph_opts = GraphOptions {
         opset: opts.opset,
         fp16: opts.fp16,
