@@ -5,6 +5,9 @@ the load), then loads `infer serve`, FastAPI + onnxruntime (scripts/fastapi_ort_
 .onnx file) and FastAPI + PyTorch (scripts/fastapi_server.py) with `hey`, and prints the results
 and the issue's targets computed from the same run. Dev-only; standard library only.
 
+Python because two of the servers it compares are Python's (FastAPI with PyTorch and with
+onnxruntime) and share its venv; `hey` does the load and the percentiles.
+
     python3 scripts/bench_serving.py                                   # the full run, ~9 minutes
     python3 scripts/bench_serving.py --duration 1s --concurrency 8    # a smoke run
     python3 scripts/bench_serving.py --variant 'infer 2 sessions=--sessions 2'   # infer both ways

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Dev-only: the same training step as `train bench`, in PyTorch, for a side-by-side comparison.
 
+Python because the peer it measures is PyTorch.
+
 Same model (CIFAR ResNet-18: 3x3 stem, no max-pool, BasicBlocks at width x {1,2,4,8}, 1x1
 projection shortcuts, global average pool, linear), same step (forward in training mode,
 cross-entropy with label smoothing 0.1, backward, SGD with Nesterov momentum 0.9 and weight

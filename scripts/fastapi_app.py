@@ -1,6 +1,8 @@
 """Dev-only: the FastAPI app both comparison servers share (scripts/fastapi_server.py with
 PyTorch, scripts/fastapi_ort_server.py with onnxruntime): `POST /predict` takes the image as a
 multipart field `file` or as the raw body, `GET /healthz`. Not part of the product or the tests.
+
+Python because the peer it stands for is FastAPI.
 """
 
 from fastapi import FastAPI, Request, UploadFile

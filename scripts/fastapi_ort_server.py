@@ -2,6 +2,8 @@
 """Dev-only comparison server: FastAPI + onnxruntime serving the same .onnx file that `infer serve`
 runs, for infer/BENCHMARKS.md (scripts/bench_serving.py). Not part of the product or the tests.
 
+Python because the peer it stands for is FastAPI with onnxruntime's Python API.
+
     python scripts/fastapi_ort_server.py --model models/resnet18-cifar10.onnx --port 8090
 
 Routes: POST /predict (multipart field `file`, or a raw image body), GET /healthz.

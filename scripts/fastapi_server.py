@@ -2,6 +2,8 @@
 """Dev-only comparison server: the student's stack (FastAPI + PyTorch eager) serving the same
 CIFAR ResNet-18, for infer/BENCHMARKS.md. Not part of the product or the tests.
 
+Python because the peer it stands for is FastAPI with PyTorch.
+
     python scripts/fastapi_server.py --width 64 --port 8090 [--weights state_dict.pt]
 
 Routes: POST /predict (multipart field `file`, or a raw image body), GET /healthz.

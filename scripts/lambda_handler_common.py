@@ -1,5 +1,7 @@
 """Dev-only: what the two Python Lambda handlers for scripts/lambda_bench.py share.
 
+Python because the handlers it serves are Lambda's Python runtime peers of `infer`.
+
 API Gateway HTTP API (v2) / function URL events in, `{statusCode, headers, body}` out, the
 body shaped like `infer`'s `/v1/predict` answer (`predictions[0]` with `label`, `class_id`,
 `probability` and the top-5 as `top_k`). Stdlib only, so that importing it costs nothing.

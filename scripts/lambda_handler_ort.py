@@ -1,6 +1,8 @@
 """Dev-only: the CIFAR ResNet-18 ONNX model as a Python Lambda handler (ONNX Runtime + Pillow),
 for scripts/lambda_bench.py's comparison with `infer`. Not part of the product.
 
+Python because it is the peer: Lambda's Python runtime with onnxruntime.
+
     AWS_LAMBDA_RUNTIME_API=host:port MODEL_PATH=models/resnet18-cifar10.onnx \
         python -m awslambdaric lambda_handler_ort.handler      # from scripts/
 

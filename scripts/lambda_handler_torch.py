@@ -2,6 +2,8 @@
 scripts/lambda_bench.py's comparison with `infer` (the student's stack without FastAPI).
 Not part of the product.
 
+Python because it is the peer: Lambda's Python runtime with PyTorch.
+
     AWS_LAMBDA_RUNTIME_API=host:port MODEL_WIDTH=16 \
         python -m awslambdaric lambda_handler_torch.handler    # from scripts/
 

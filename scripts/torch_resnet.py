@@ -1,6 +1,8 @@
 """Dev-only: the CIFAR ResNet-18 in PyTorch eager and the seed's preprocessing, shared by the
 PyTorch comparison servers (scripts/fastapi_server.py, scripts/lambda_handler_torch.py). Not part
 of the product or the tests.
+
+Python because the peers it serves are PyTorch's.
 """
 
 import io

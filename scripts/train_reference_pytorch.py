@@ -2,6 +2,8 @@
 """Dev-only: `train fit`'s recipe re-done in plain PyTorch, to tell the recipe's and the data's
 limits apart from the Rust trainer's.
 
+Python because the reference it trains is PyTorch's.
+
 Same model as scripts/bench_train_pytorch.py; same data handling as `train fit` (class folders
 read from the .tar.gz, training mean/std, zero-pad-4 random crop and horizontal flip per image
 on the tensor side, last batch of one dropped); same optimiser (SGD, Nesterov momentum 0.9,

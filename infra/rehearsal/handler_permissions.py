@@ -1,5 +1,8 @@
 """Rehearsal step: the CloudFormation execution role may do what the resources' own handlers do.
 
+Python because it reads the SAM translator's output and cfn-lint's data files, both Python
+packages, in the SAM CLI's environment.
+
 With `--role-arn`, CloudFormation creates, reads, updates and deletes every resource of the
 stack as bootstrap.yaml's CloudFormationExecutionRole, and each resource type's handler makes
 the calls its resource provider schema lists (`handlers.{create,read,update,delete}.permissions`).

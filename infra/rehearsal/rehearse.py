@@ -1,5 +1,8 @@
 """The deploy rehearsal: runs what a release runs, offline, as far as anything but AWS allows.
 
+Python because what it drives is: the SAM CLI, the SAM translator, moto and botocore, in one
+environment.
+
 `cargo xtask test` runs it with the SAM CLI's virtual environment (aws-sam-cli, its SAM
 translator, boto3 and moto, pinned in xtask/src/tools.rs). Every step must pass:
 

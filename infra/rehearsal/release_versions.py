@@ -1,5 +1,8 @@
 """Rehearsal step: a new release id is a new function, for every parameter of the template.
 
+Python because the version comes from the real SAM translator and the configuration's members from
+botocore's model of the Lambda API.
+
 Lambda publishes a version only when the function's code or configuration changed (PublishVersion:
 "Lambda doesn't publish a version if the function's configuration and code haven't changed since
 the last version"); SAM names the version after the release id and appends the id to the

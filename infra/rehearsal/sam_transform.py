@@ -1,5 +1,8 @@
 """The SAM transform (what `sam validate`, `sam deploy` and CloudFormation run) of one deployment.
 
+Python because the SAM translator (samtranslator) is the transform itself; there is no other
+implementation.
+
 Parameter defaults are overridden with the deployment's values, so that every condition resolves
 as in that deployment, and local `CodeUri` paths become an S3 location, as `sam package` makes
 them. Used by `cargo xtask lint` (`sam_transform.py SRC OUT NAME=VALUE ...` writes the result as

@@ -68,8 +68,10 @@ impl Tensor4 {
                 z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
                 z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
                 z ^= z >> 31;
-                // The top 24 bits are exactly representable in an f32 mantissa.
-                ((z >> 40) as f32 / (1u64 << 24) as f32).mul_add(2.0, -1.0)
+                // The top 24 bits are exactly representable in an f32 mantissa, and so is their
+                // double, so a plain multiply and add round once, as `mul_add` would, without
+                // its call to the C library's `fmaf` on targets without an FMA instruction.
+                ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect();
         Self { shape, data }

@@ -1,14 +1,14 @@
-//! Minimal ELF64 reading: just what the package checks need, bounds-checked throughout.
+//! What the package checks read from an ELF64 file (machine, kind, exported symbols, the glibc
+//! it needs), through the `object` crate's bounds-checked ELF reader.
 
 use anyhow::{Context, Result, bail, ensure};
+use object::LittleEndian;
+use object::elf::{self, FileHeader64};
+use object::read::elf::{FileHeader, ProgramHeader, SectionTable, Sym};
 use std::fmt;
 
-pub const EM_X86_64: u16 = 62;
-pub const EM_AARCH64: u16 = 183;
-const ET_EXEC: u16 = 2;
-const ET_DYN: u16 = 3;
-const PT_INTERP: u32 = 3;
-const SHT_DYNSYM: u32 = 11;
+pub const EM_X86_64: u16 = elf::EM_X86_64;
+pub const EM_AARCH64: u16 = elf::EM_AARCH64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -38,69 +38,54 @@ pub fn machine_name(machine: u16) -> String {
     match machine {
         EM_X86_64 => "x86_64".to_owned(),
         EM_AARCH64 => "aarch64".to_owned(),
-        3 => "i386".to_owned(),
-        40 => "arm".to_owned(),
-        243 => "riscv".to_owned(),
+        elf::EM_386 => "i386".to_owned(),
+        elf::EM_ARM => "arm".to_owned(),
+        elf::EM_RISCV => "riscv".to_owned(),
         other => format!("machine {other}"),
     }
 }
 
+type Header = FileHeader64<LittleEndian>;
+
 #[derive(Debug)]
 pub struct Elf<'a> {
     data: &'a [u8],
+    sections: SectionTable<'a, Header>,
     pub e_type: u16,
     pub machine: u16,
     has_interp: bool,
 }
 
-fn u16_at(d: &[u8], off: usize) -> Result<u16> {
-    let b = d.get(off..off + 2).context("truncated ELF file")?;
-    Ok(u16::from_le_bytes([b[0], b[1]]))
-}
-fn u32_at(d: &[u8], off: usize) -> Result<u32> {
-    let b = d.get(off..off + 4).context("truncated ELF file")?;
-    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-}
-fn u64_at(d: &[u8], off: usize) -> Result<u64> {
-    let b = d.get(off..off + 8).context("truncated ELF file")?;
-    let mut a = [0u8; 8];
-    a.copy_from_slice(b);
-    Ok(u64::from_le_bytes(a))
-}
-fn usize_at(d: &[u8], off: usize) -> Result<usize> {
-    usize::try_from(u64_at(d, off)?).context("ELF offset out of range")
-}
-
 impl<'a> Elf<'a> {
     pub fn parse(data: &'a [u8]) -> Result<Self> {
-        ensure!(data.get(..4) == Some(b"\x7fELF".as_slice()), "no ELF magic number");
-        ensure!(data.get(4) == Some(&2), "not a 64-bit ELF file");
-        ensure!(data.get(5) == Some(&1), "not a little-endian ELF file");
-        let e_type = u16_at(data, 16)?;
-        let machine = u16_at(data, 18)?;
-        let phoff = usize_at(data, 32)?;
-        let phentsize = usize::from(u16_at(data, 54)?);
-        let phnum = usize::from(u16_at(data, 56)?);
-        let mut has_interp = false;
-        for i in 0..phnum {
-            if u32_at(data, phoff + i * phentsize)? == PT_INTERP {
-                has_interp = true;
-            }
-        }
+        ensure!(data.get(..4) == Some(elf::ELFMAG.as_slice()), "no ELF magic number");
+        ensure!(data.get(4) == Some(&elf::ELFCLASS64), "not a 64-bit ELF file");
+        ensure!(data.get(5) == Some(&elf::ELFDATA2LSB), "not a little-endian ELF file");
+        let header = Header::parse(data).context("reading the ELF header")?;
+        let endian = LittleEndian;
+        let has_interp = header
+            .program_headers(endian, data)
+            .context("reading the ELF program headers")?
+            .iter()
+            .any(|ph| ph.p_type(endian) == elf::PT_INTERP);
+        let sections = header
+            .sections(endian, data)
+            .context("reading the ELF section headers")?;
         Ok(Elf {
             data,
-            e_type,
-            machine,
+            sections,
+            e_type: header.e_type(endian),
+            machine: header.e_machine(endian),
             has_interp,
         })
     }
 
     pub fn kind(&self) -> Result<Kind> {
         match self.e_type {
-            ET_EXEC => Ok(Kind::Executable),
+            elf::ET_EXEC => Ok(Kind::Executable),
             // A PIE executable is ET_DYN too; only it asks for a program interpreter.
-            ET_DYN if self.has_interp => Ok(Kind::Executable),
-            ET_DYN => Ok(Kind::SharedLibrary),
+            elf::ET_DYN if self.has_interp => Ok(Kind::Executable),
+            elf::ET_DYN => Ok(Kind::SharedLibrary),
             other => bail!("ELF type {other} is neither an executable nor a shared library"),
         }
     }
@@ -117,62 +102,41 @@ impl<'a> Elf<'a> {
         Ok(())
     }
 
-    /// The dynamic symbol table and its string table, if the file has them.
-    fn dynsym(&self) -> Result<Option<(&'a [u8], &'a [u8])>> {
-        let d = self.data;
-        let shoff = usize_at(d, 40)?;
-        let shentsize = usize::from(u16_at(d, 58)?);
-        let shnum = usize::from(u16_at(d, 60)?);
-        let section = |i: usize| -> Result<(u32, &'a [u8], u32)> {
-            let h = shoff + i * shentsize;
-            let (off, size) = (usize_at(d, h + 24)?, usize_at(d, h + 32)?);
-            let body = d
-                .get(off..off.saturating_add(size))
-                .context("ELF section out of bounds")?;
-            Ok((u32_at(d, h + 4)?, body, u32_at(d, h + 40)?))
-        };
-        for i in 0..shnum {
-            let (kind, body, link) = section(i)?;
-            if kind == SHT_DYNSYM {
-                let (_, strings, _) = section(usize::try_from(link)?)?;
-                return Ok(Some((body, strings)));
-            }
-        }
-        Ok(None)
-    }
-
     /// Whether a defined dynamic symbol `name` exists.
     pub fn exports(&self, name: &str) -> Result<bool> {
-        let Some((symbols, strings)) = self.dynsym()? else {
-            return Ok(false);
-        };
-        for sym in symbols.chunks_exact(24) {
-            let name_off = usize::try_from(u32_at(sym, 0)?)?;
-            let defined = u16_at(sym, 6)? != 0;
-            if defined && c_str(strings, name_off) == Some(name.as_bytes()) {
+        let endian = LittleEndian;
+        let symbols = self
+            .sections
+            .symbols(endian, self.data, elf::SHT_DYNSYM)
+            .context("reading the ELF dynamic symbols")?;
+        for sym in symbols.iter() {
+            if sym.st_shndx(endian) != elf::SHN_UNDEF
+                && sym.name(endian, symbols.strings()).is_ok_and(|n| n == name.as_bytes())
+            {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    /// The newest `GLIBC_x.y` version among the dynamic strings (where version needs live).
+    /// The newest `GLIBC_x.y` among the file's version needs.
     pub fn max_glibc(&self) -> Result<Option<(u32, u32)>> {
-        let Some((_, strings)) = self.dynsym()? else {
+        let endian = LittleEndian;
+        let context = "reading the ELF version needs";
+        let Some((mut needs, link)) = self.sections.gnu_verneed(endian, self.data).context(context)? else {
             return Ok(None);
         };
-        Ok(strings
-            .split(|&b| b == 0)
-            .filter_map(|s| std::str::from_utf8(s).ok())
-            .filter_map(parse_glibc)
-            .max())
+        let strings = self.sections.strings(endian, self.data, link).context(context)?;
+        let mut newest = None;
+        while let Some((_, mut versions)) = needs.next().context(context)? {
+            while let Some(version) = versions.next().context(context)? {
+                let name = version.name(endian, strings).context(context)?;
+                let parsed = std::str::from_utf8(name).ok().and_then(parse_glibc);
+                newest = newest.max(parsed);
+            }
+        }
+        Ok(newest)
     }
-}
-
-fn c_str(strings: &[u8], off: usize) -> Option<&[u8]> {
-    let rest = strings.get(off..)?;
-    let end = rest.iter().position(|&b| b == 0)?;
-    Some(&rest[..end])
 }
 
 /// `GLIBC_2.34` -> (2, 34); `GLIBC_2.2.5` -> (2, 2); anything else -> None.

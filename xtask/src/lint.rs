@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use serde_json::{Map, Value, json};
 
 use crate::env::Env;
 use crate::paths;
@@ -71,41 +72,70 @@ pub const VARIANTS: &[(&str, &[(&str, &str)])] = &[
 /// too), run with the tools venv's translator.
 const SAM_TRANSFORM: &str = "infra/rehearsal/sam_transform.py";
 
-/// Writes every state machine of a transformed template into `out` as a plain
-/// `AWS::StepFunctions::StateMachine` whose `Definition` is the parsed object, which is what
-/// cfn-lint's E3601 validates against the States Language schema. `${...}` substitutions stay as
-/// they are: in a SAM definition they can only stand in strings.
-const STATE_MACHINES: &str = r#"
-import json, sys
-src, out = sys.argv[1:]
-template = json.load(open(src))
-machines = {}
-for name, resource in template["Resources"].items():
-    if resource.get("Type") != "AWS::StepFunctions::StateMachine":
-        continue
-    props = resource["Properties"]
-    text = props.get("DefinitionString")
-    if isinstance(text, dict) and "Fn::Join" in text:
-        text = text["Fn::Join"][0].join(text["Fn::Join"][1])
-    definition = json.loads(text) if isinstance(text, str) else props.get("Definition")
-    # The other properties name other resources; tracing is kept for the serverless rules.
-    machines[name] = {"Type": "AWS::StepFunctions::StateMachine", "Properties": {
-        "RoleArn": "arn:aws:iam::123456789012:role/placeholder", "Definition": definition,
-        "TracingConfiguration": props.get("TracingConfiguration", {"Enabled": False})}}
-json.dump({"AWSTemplateFormatVersion": "2010-09-09", "Resources": machines}, open(out, "w"), indent=1)
-"#;
+/// Every state machine of a transformed template as a plain `AWS::StepFunctions::StateMachine`
+/// whose `Definition` is the parsed object, which is what cfn-lint's E3601 validates against the
+/// States Language schema. `${...}` substitutions stay as they are: in a SAM definition they can
+/// only stand in strings. `what` names the template in errors.
+fn state_machine_template(template: &Value, what: &str) -> Result<Value> {
+    let resources = template["Resources"]
+        .as_object()
+        .with_context(|| format!("{what} has no Resources object"))?;
+    let mut machines = Map::new();
+    for (name, resource) in resources {
+        if resource["Type"] != "AWS::StepFunctions::StateMachine" {
+            continue;
+        }
+        let props = resource["Properties"]
+            .as_object()
+            .with_context(|| format!("{what}: the state machine {name} has no Properties"))?;
+        let definition = match props.get("DefinitionString") {
+            // SAM writes the definition's JSON text line by line in a Fn::Join.
+            Some(Value::Object(join)) if join.contains_key("Fn::Join") => {
+                let parts = join["Fn::Join"].as_array().filter(|p| p.len() == 2);
+                let (separator, lines) = parts
+                    .and_then(|p| Some((p[0].as_str()?, p[1].as_array()?)))
+                    .with_context(|| format!("{what}: {name}'s DefinitionString is not a Fn::Join of strings"))?;
+                let lines = lines
+                    .iter()
+                    .map(|l| l.as_str())
+                    .collect::<Option<Vec<_>>>()
+                    .with_context(|| format!("{what}: {name}'s DefinitionString joins something not a string"))?;
+                parse_definition(&lines.join(separator), name, what)?
+            }
+            Some(Value::String(text)) => parse_definition(text, name, what)?,
+            _ => props.get("Definition").cloned().unwrap_or(Value::Null),
+        };
+        // The other properties name other resources; tracing is kept for the serverless rules.
+        let tracing = props
+            .get("TracingConfiguration")
+            .cloned()
+            .unwrap_or_else(|| json!({"Enabled": false}));
+        machines.insert(
+            name.clone(),
+            json!({"Type": "AWS::StepFunctions::StateMachine", "Properties": {
+                "RoleArn": "arn:aws:iam::123456789012:role/placeholder",
+                "Definition": definition,
+                "TracingConfiguration": tracing,
+            }}),
+        );
+    }
+    Ok(json!({"AWSTemplateFormatVersion": "2010-09-09", "Resources": machines}))
+}
+
+fn parse_definition(text: &str, name: &str, what: &str) -> Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("{what}: {name}'s DefinitionString is not JSON"))
+}
 
 /// cfn-lint on the state machine definitions of each transformed `variants` file.
 pub fn state_machines(env: &Env, variants: &[PathBuf]) -> Result<()> {
     let mut files = Vec::new();
     for variant in variants {
+        let what = names(std::slice::from_ref(variant));
+        let text = std::fs::read_to_string(variant).with_context(|| format!("reading {what}"))?;
+        let template: Value = serde_json::from_str(&text).with_context(|| format!("{what} is not JSON"))?;
         let out = variant.with_extension("state-machines.json");
-        let mut cmd = env.command("python");
-        cmd.args(["-c", STATE_MACHINES]).arg(variant).arg(&out);
-        check(
-            &format!("state machines of {}", names(std::slice::from_ref(variant))),
-            &mut cmd,
-        )?;
+        let machines = serde_json::to_string_pretty(&state_machine_template(&template, &what)?)?;
+        std::fs::write(&out, machines).with_context(|| format!("writing {}", out.display()))?;
         files.push(out);
     }
     cfn_lint(env, &files, &[])
@@ -388,6 +418,46 @@ mod tests {
             ]]}}}}}"#;
         let file = write(dir.path(), "template-x.json", transformed)?;
         rejects(state_machines(&env, &[file]), "'ten' is not of type 'number'")
+    }
+
+    #[test]
+    fn state_machines_come_out_with_their_definition_parsed() -> Result<()> {
+        let template = json!({"Resources": {
+            "Joined": {"Type": "AWS::StepFunctions::StateMachine", "Properties": {
+                "DefinitionString": {"Fn::Join": ["\n", ["{\"StartAt\": \"P\",", "\"States\": {\"P\": {\"Type\": \"Pass\", \"End\": true}}}"]]},
+                "TracingConfiguration": {"Enabled": true}}},
+            "Plain": {"Type": "AWS::StepFunctions::StateMachine", "Properties": {
+                "DefinitionString": "{\"StartAt\": \"W\", \"States\": {}}"}},
+            "Object": {"Type": "AWS::StepFunctions::StateMachine", "Properties": {"Definition": {"StartAt": "O"}}},
+            "Bucket": {"Type": "AWS::S3::Bucket", "Properties": {}},
+        }});
+        let out = state_machine_template(&template, "t.json")?;
+        let resources = out["Resources"].as_object().context("resources")?;
+        assert_eq!(resources.len(), 3, "only the state machines: {out}");
+        let joined = &resources["Joined"]["Properties"];
+        assert_eq!(joined["Definition"]["States"]["P"]["Type"], "Pass");
+        assert_eq!(joined["TracingConfiguration"]["Enabled"], true);
+        assert_eq!(resources["Plain"]["Properties"]["Definition"]["StartAt"], "W");
+        assert_eq!(
+            resources["Plain"]["Properties"]["TracingConfiguration"]["Enabled"],
+            false
+        );
+        assert_eq!(resources["Object"]["Properties"]["Definition"]["StartAt"], "O");
+        assert_eq!(out["AWSTemplateFormatVersion"], "2010-09-09");
+
+        let broken = json!({"Resources": {"M": {"Type": "AWS::StepFunctions::StateMachine",
+            "Properties": {"DefinitionString": {"Fn::Join": ["", ["{", 3]]}}}}});
+        let err = format!(
+            "{:#}",
+            state_machine_template(&broken, "t.json")
+                .err()
+                .context("a number in the join")?
+        );
+        assert!(
+            err.contains("t.json: M's DefinitionString joins something not a string"),
+            "{err}"
+        );
+        Ok(())
     }
 
     #[test]

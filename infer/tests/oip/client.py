@@ -1,5 +1,7 @@
 """The official Open Inference Protocol client, tritonclient[http], against a running `infer serve`.
 
+Python because the official Open Inference Protocol client, tritonclient, is a Python package.
+
 Run by infer/tests/oip_client.rs with the tools venv's python:
     client.py HOST:PORT MODEL_NAME DIR
 DIR holds input.bin (the FP32 tensor, little-endian, shape in expected.json), expected.json
