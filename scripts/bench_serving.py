@@ -14,15 +14,15 @@ onnxruntime) and share its venv; `hey` does the load and the percentiles.
     python3 scripts/bench_serving.py --servers infer --label 'infer spin off' \\
         --infer-arg=--intra-op-spinning=false --compare-bin /tmp/infer-old
 
-Needs `hey` (apt-get install hey), target/release/infer (cargo build --release -p infer) and
+Needs `hey` (apt-get install hey), target/release/infer (cargo build --release -p infer),
 target/release/examples/batch_throughput (cargo build --release -p infer --example
-batch_throughput). The Python peers run in a venv made on first use from
+batch_throughput) and, for w64, target/release/train (cargo build --release -p train). The Python peers run in a venv made on first use from
 scripts/bench-requirements.txt under ~/.cache/resnet-serverless/bench-<hash> (pip needs the
 network once), or in the interpreter given by --python.
 
 Inputs, made once into --work-dir: cat-32x32.png (CIFAR-10 test/cat/0000 from --cifar),
-road-640x480.jpg (--road resized, JPEG quality 90) and resnet18-w64.onnx (make_resnet_onnx.py
---width 64: random weights, the same cost as trained ones). w16 is the bundled, trained
+road-640x480.jpg (--road resized, JPEG quality 90) and resnet18-w64.onnx (`train export --init
+--width 64`: a freshly initialised network, the same cost as a trained one). w16 is the bundled, trained
 models/resnet18-cifar10.onnx.
 
 Each server is started alone, waited for on /healthz, warmed up for --warmup per image, then
@@ -124,6 +124,8 @@ def parse_args():
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=ARGS",
                    help="another infer configuration, repeatable: --variant 'infer 2 sessions=--sessions 2'")
     p.add_argument("--ceiling-bin", type=Path, default=REPO / "target/release/examples/batch_throughput")
+    p.add_argument("--train-bin", type=Path, default=REPO / "target/release/train",
+                   help="makes the width-64 model (train export --init)")
     p.add_argument("--ceiling-seconds", default="3", help="batch_throughput seconds per batch size")
     p.add_argument("--port", type=int, default=8181)
     args = p.parse_args()
@@ -171,6 +173,8 @@ def check_tools(args):
     if "infer" in args.servers:
         needed += [(args.infer_bin, "cargo build --release -p infer")]
         needed += [(args.compare_bin, "a path to an infer binary")] if args.compare_bin else []
+    if "w64" in args.models and not (args.work_dir / "resnet18-w64.onnx").exists():
+        needed += [(args.train_bin, "cargo build --release -p train")]
     for path, how in needed:
         if not os.access(path, os.X_OK):
             raise SystemExit(f"bench_serving: {path} is missing: {how}")
@@ -211,7 +215,7 @@ def make_inputs(python, args):
         run([python, "-c", PIL_SAVE, args.road, jpeg, "640x480"])
     if "w64" in args.models and not w64.exists():
         log("making the width-64 model (random weights)")
-        run([python, SCRIPTS / "make_resnet_onnx.py", "--width", "64", "--out", w64])
+        run([args.train_bin, "export", "--init", "--width", "64", "--out", w64])
     models = {"w16": REPO / "models/resnet18-cifar10.onnx", "w64": w64}
     return {PNG: png, JPEG: jpeg}, {m: models[m] for m in args.models}
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Check an exported model with the `onnx` package, independently of the project's Rust code.
 
-    python3 -m venv /tmp/onnx-venv && /tmp/onnx-venv/bin/pip install onnx
-    /tmp/onnx-venv/bin/python scripts/check_onnx.py runs/x/model.onnx [more.onnx ...]
+Python because the ONNX checker with full shape inference (`onnx.checker.check_model` with
+`full_check=True`, the reference implementation of every operator's type and shape rules) exists
+only in the `onnx` Python package; no Rust crate implements it. train/tests/export.rs runs this
+on every variant the exporter writes, with the tools' venv that xtask installs (it pins `onnx`):
+
+    .native/tools/bin/python scripts/check_onnx.py runs/x/model.onnx [more.onnx ...]
 
 For each file: `onnx.checker.check_model(full_check=True)` (structure, operator schemas, and
 strict shape inference against the shapes the exporter wrote in `value_info`), the graph's input

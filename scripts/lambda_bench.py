@@ -2,6 +2,7 @@
 """Lambda-shaped serving figures: INIT, warm invoke latency and cost per million predictions.
 
     cargo xtask package --arch x86_64           # once: target/lambda/infer-x86_64.zip
+    cargo build --release -p train              # once, for w64: target/release/train
     python3 scripts/lambda_bench.py [--runs 10] [--invocations 300] [--models "w16 w64"] \
         [--handlers "infer ort torch"] [--memories "512 1024 1769"] [--python PATH] \
         [--bootstrap PATH [--ort-dylib PATH] | --zip PATH] [--work-dir /tmp/lambda-bench]
@@ -36,8 +37,8 @@ the official runtime interface client, `python -m awslambdaric`. Their python is
 scripts/bench-requirements.txt's venv (~/.cache/resnet-serverless/bench-<hash>, the one
 scripts/bench_serving.py uses; made on first use, torch is large) with awslambdaric installed into
 a directory of its own beside it; `--python` names another (with torch, onnxruntime, pillow,
-awslambdaric). That python also makes the images (PIL) and the width-64 model (onnx, numpy; or
-`--tools-python`).
+awslambdaric). That python also makes the images (PIL); the width-64 model is a freshly
+initialised network from `train export --init --width 64` (--train-bin).
 
 Writes WORK_DIR/lambda.md (the tables, also printed) and WORK_DIR/lambda.json (raw numbers).
 """
@@ -439,9 +440,9 @@ def api_gateway_event(template, image):
     return json.dumps(event).encode()
 
 
-def prepare_models(names, python, work):
-    """The models as files with their sha256 sidecars under WORK_DIR/models; `python` (with onnx
-    and numpy) makes the width-64 one once."""
+def prepare_models(names, train, work):
+    """The models as files with their sha256 sidecars under WORK_DIR/models; `train` (export
+    --init) makes the width-64 one once."""
     models = []
     for name in names:
         if name == "w16":
@@ -450,10 +451,9 @@ def prepare_models(names, python, work):
             out = work / "models" / "resnet18-w64.onnx"
             if not (out.is_file() and Path(f"{out}.sha256").is_file()):
                 out.parent.mkdir(parents=True, exist_ok=True)
-                need = f"{python} has no onnx or numpy for making the width-64 model: pass --tools-python " \
-                       "(e.g. python3 -m venv /tmp/lambda-bench-tools && /tmp/lambda-bench-tools/bin/pip install onnx numpy)"
-                run([str(python), "-c", "import onnx.helper, numpy"], need, cwd=work)
-                run([str(python), str(SCRIPTS / "make_resnet_onnx.py"), "--width", "64", "--out", str(out)], "making the width-64 model", cwd=work)
+                if not os.access(train, os.X_OK):
+                    raise BenchError(f"{train} is missing for making the width-64 model: cargo build --release -p train, or pass --train-bin")
+                run([str(train), "export", "--init", "--width", "64", "--out", str(out)], "making the width-64 model", cwd=work)
             models.append(Model(name, 64, out))
         else:
             raise BenchError(f"unknown model {name!r}: w16 (bundled) or w64")
@@ -494,7 +494,7 @@ def prepare_python(args):
     if args.python:
         return Python(Path(args.python))
     if not REQUIREMENTS.is_file():
-        raise BenchError(f"no {REQUIREMENTS}: pass --python (torch, onnxruntime, pillow, awslambdaric, onnx, numpy)")
+        raise BenchError(f"no {REQUIREMENTS}: pass --python (torch, onnxruntime, pillow, awslambdaric)")
     digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12]
     venv = cache_dir() / f"bench-{digest}"
     python = venv / "bin" / "python"
@@ -707,12 +707,13 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10, help="cold starts per INIT figure (default 10)")
     parser.add_argument("--invocations", type=int, default=300, help="timed warm invocations per image (default 300)")
-    parser.add_argument("--models", default="w16 w64", help='"w16" (bundled) and/or "w64" (made with make_resnet_onnx.py)')
+    parser.add_argument("--models", default="w16 w64", help='"w16" (bundled) and/or "w64" (made with train export --init)')
     parser.add_argument("--handlers", default="infer ort torch", help='any of "infer ort torch"')
     parser.add_argument("--memories", default="512 1024 1769", help="Lambda memory sizes in MB (default \"512 1024 1769\")")
-    parser.add_argument("--python", help="python with torch, onnxruntime, pillow, awslambdaric (and onnx, numpy for w64) "
+    parser.add_argument("--python", help="python with torch, onnxruntime, pillow, awslambdaric "
                         "[default: scripts/bench-requirements.txt's venv, made once, plus awslambdaric]")
-    parser.add_argument("--tools-python", help="python with onnx and numpy for making the width-64 model (default: --python)")
+    parser.add_argument("--train-bin", default=str(REPO / "target" / "release" / "train"),
+                        help="the train binary that makes the width-64 model (default target/release/train)")
     parser.add_argument("--bootstrap", help="an x86-64 infer binary to run instead of the packaged zip's bootstrap")
     parser.add_argument("--ort-dylib", default=str(REPO / ".native" / "onnxruntime" / "x86_64" / "libonnxruntime.so"),
                         help="with --bootstrap: the libonnxruntime.so put beside it (default .native/onnxruntime/x86_64/)")
@@ -786,7 +787,7 @@ def bench(args):
     report["python_versions"] = python_versions(python)
     bootstrap, report["bootstrap"] = prepare_bootstrap(args, work) if "infer" in args.handlers else (None, "not run")
     images = prepare_images(python.path, work)
-    models = prepare_models(args.models, args.tools_python or python.path, work)
+    models = prepare_models(args.models, args.train_bin, work)
     init_functions, warm_functions = build_functions(args, bootstrap, python, models, work)
     cgroup = cgroup_support() if not args.no_cgroup else (None, "--no-cgroup")
     report["cpu_share"] = describe_cpu_share(*cgroup, args.cfs_period_us)

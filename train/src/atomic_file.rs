@@ -42,6 +42,21 @@ pub fn temp_path(path: &Path) -> io::Result<PathBuf> {
 
 /// Replaces `path` with what `write` puts into a fresh file, atomically (see the module docs).
 pub fn replace<E>(path: &Path, write: impl FnOnce(&mut File) -> Result<(), E>) -> Result<(), ReplaceError<E>> {
+    stage(path, write)?.commit().map_err(ReplaceError::Io)
+}
+
+/// A new content for a file, written and synced to its temporary file but not yet in place:
+/// [`Staged::commit`] renames it over the target, dropping it removes it. Lets a caller that
+/// replaces several files write all of them before the first rename.
+#[derive(Debug)]
+pub struct Staged {
+    file: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+/// Writes what `write` puts into a fresh file to `path`'s temporary file and syncs it; `path`
+/// itself is untouched until [`Staged::commit`].
+pub fn stage<E>(path: &Path, write: impl FnOnce(&mut File) -> Result<(), E>) -> Result<Staged, ReplaceError<E>> {
     let dir = dir_of(path);
     let tmp = temp_path(path).map_err(ReplaceError::Io)?;
     // Only a writer of this file uses the name; what is there is a killed writer's leftover.
@@ -56,9 +71,26 @@ pub fn replace<E>(path: &Path, write: impl FnOnce(&mut File) -> Result<(), E>) -
     // From here on, dropping `file` on an error removes the temporary file.
     write(file.as_file_mut()).map_err(ReplaceError::Write)?;
     file.as_file().sync_all().map_err(ReplaceError::Io)?;
-    file.persist(path).map_err(|e| ReplaceError::Io(e.error))?;
-    // The rename itself is durable only once the directory entry is.
-    File::open(&dir).and_then(|d| d.sync_all()).map_err(ReplaceError::Io)
+    Ok(Staged {
+        file,
+        path: path.to_owned(),
+    })
+}
+
+impl Staged {
+    /// The file this will replace.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the synced temporary file over the target and syncs the directory; on an error
+    /// the temporary file is removed and the target is as it was.
+    pub fn commit(self) -> io::Result<()> {
+        let dir = dir_of(&self.path);
+        self.file.persist(&self.path).map_err(|e| e.error)?;
+        // The rename itself is durable only once the directory entry is.
+        File::open(&dir).and_then(|d| d.sync_all())
+    }
 }
 
 fn remove_if_present(path: &Path) -> io::Result<bool> {

@@ -273,10 +273,20 @@ enum Command {
         #[command(flatten)]
         machine: Machine,
     },
-    /// Write a checkpoint as ONNX with the model's contract in its metadata.
+    /// Write a checkpoint (or a freshly initialised network) as ONNX with the model's contract in its metadata.
     Export {
+        #[arg(long, required_unless_present = "init", conflicts_with = "init")]
+        checkpoint: Option<PathBuf>,
+        /// Export a freshly initialised network instead of a checkpoint: random weights, CIFAR-10's
+        /// classes and statistics, the cost of a trained one (for serving benchmarks).
         #[arg(long)]
-        checkpoint: PathBuf,
+        init: bool,
+        /// Channels of the first stage of the --init network [default: 64, the standard ResNet-18].
+        #[arg(long, conflicts_with = "checkpoint")]
+        width: Option<i64>,
+        /// libtorch's seed for the --init network's weights [default: 0].
+        #[arg(long, conflicts_with = "checkpoint")]
+        seed: Option<i64>,
         #[arg(long, default_value = "model.onnx")]
         out: PathBuf,
         #[arg(long, default_value_t = train::export::DEFAULT_OPSET)]
@@ -407,16 +417,34 @@ fn main() -> Result<()> {
         }
         Command::Export {
             checkpoint,
+            init,
+            width,
+            seed,
             out,
             opset,
             fp16,
         } => {
-            let report = train::export::export_checkpoint(&train::export::ExportOptions {
-                checkpoint,
-                out,
-                opset,
-                fp16,
-            })?;
+            let report = if init {
+                let width = width.unwrap_or(64);
+                let seed = seed.unwrap_or(0);
+                train::export::export_initialised(&train::export::InitOptions {
+                    width,
+                    seed,
+                    out,
+                    opset,
+                    fp16,
+                })
+                .with_context(|| format!("exporting a freshly initialised network of --width {width}"))?
+            } else {
+                // clap requires one of the two.
+                let checkpoint = checkpoint.context("give --checkpoint or --init")?;
+                train::export::export_checkpoint(&train::export::ExportOptions {
+                    checkpoint,
+                    out,
+                    opset,
+                    fp16,
+                })?
+            };
             println!("{report}");
         }
     }

@@ -31,6 +31,8 @@ pub const REQUIREMENTS: &[&str] = &[
     "moto[server]==5.2.5",
     // The official Open Inference Protocol client, for infer's V2 protocol test.
     "tritonclient[http]==2.73.0",
+    // The ONNX checker with full shape inference (scripts/check_onnx.py), for train's export tests.
+    "onnx==1.23.2",
 ];
 
 /// The SAM CLI and what the deploy rehearsal drives it with, in a virtual environment of their

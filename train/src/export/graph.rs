@@ -304,6 +304,11 @@ impl Builder {
             (Kind::Float, data_type::FLOAT, name.to_owned())
         };
         let t = t.to_kind(kind);
+        // A finite float32 above float16's largest value (65504, e.g. a weight scaled up by
+        // folding a tiny running variance) becomes infinity in the cast: checked on what is stored.
+        if half && t.isfinite().all().int64_value(&[]) == 0 {
+            return Err(ExportError::Fp16Range(name.to_owned()));
+        }
         let mut raw = vec![0u8; numel * kind.elt_size_in_bytes()];
         t.f_copy_data_u8(&mut raw, numel)?;
         if cfg!(target_endian = "big") {

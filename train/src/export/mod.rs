@@ -22,14 +22,18 @@ mod graph;
 pub mod provenance;
 
 use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use onnx::ModelMetadata;
 use onnx::proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use tch::Device;
+use tch::nn::VarStore;
 
+use crate::atomic_file::{self, ReplaceError};
 use crate::checkpoint::{CheckpointError, CheckpointInfo, load_for_inference};
-use crate::model::ResNet18;
+use crate::data::CIFAR10_CLASSES;
+use crate::model::{ModelError, ResNet18, ResNetConfig};
 
 pub use graph::{BATCH, Dim, INPUT, OUTPUT, shape_of};
 
@@ -122,6 +126,8 @@ pub enum ExportError {
     CheckpointNotFound(PathBuf),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
     #[error("opset {requested} is not supported: the exporter writes opsets {min} to {max}")]
     Opset { requested: i64, min: i64, max: i64 },
     #[error("metadata does not match the model: {0}")]
@@ -136,6 +142,8 @@ pub enum ExportError {
     },
     #[error("weight `{0}` contains NaN or infinity")]
     NonFinite(String),
+    #[error("weight `{0}` has values beyond float16's range (magnitude above 65504): export it without --fp16")]
+    Fp16Range(String),
     #[error("cannot export this network: {0}")]
     Structure(String),
     #[error("input size: {0}")]
@@ -166,8 +174,44 @@ pub fn export_checkpoint(opts: &ExportOptions) -> Result<ExportReport, ExportErr
     export_to_file(&model, &metadata_for(&info), &opts.out, &graph_opts)
 }
 
-/// The contract for a model described by a checkpoint header, stamped with the current git
-/// commit and time.
+/// What `train export --init` asks for: a freshly initialised network, as `train fit` would
+/// start it (random weights, BatchNorm as identity), with CIFAR-10's classes and statistics. It
+/// costs what a trained network of its width costs to run, so it stands in for one in serving
+/// benchmarks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitOptions {
+    /// Channels of the first stage (64 = standard ResNet-18).
+    pub width: i64,
+    /// libtorch's seed for the weights: the same seed gives the same file, but for its time.
+    pub seed: i64,
+    pub out: PathBuf,
+    pub opset: i64,
+    pub fp16: bool,
+}
+
+/// `train export --init`: exports a freshly initialised network to `opts.out` and its sidecar.
+pub fn export_initialised(opts: &InitOptions) -> Result<ExportReport, ExportError> {
+    check_opset(opts.opset)?;
+    let config = ResNetConfig {
+        width: opts.width,
+        num_classes: CIFAR10_CLASSES.len() as i64,
+    };
+    tch::manual_seed(opts.seed);
+    let vs = VarStore::new(Device::Cpu);
+    let model = ResNet18::new(&vs.root(), config)?;
+    let mut info = CheckpointInfo::untrained(config);
+    info.class_names = CIFAR10_CLASSES.iter().map(|&c| c.to_owned()).collect();
+    info.dataset = "CIFAR-10 (untrained: random weights)".to_owned();
+    let graph_opts = GraphOptions {
+        opset: opts.opset,
+        fp16: opts.fp16,
+        ..GraphOptions::default()
+    };
+    export_to_file(&model, &metadata_for(&info), &opts.out, &graph_opts)
+}
+
+/// The contract for a model described by a checkpoint header, stamped with the git commit the
+/// exporter was built from and the current time.
 pub fn metadata_for(info: &CheckpointInfo) -> ModelMetadata {
     ModelMetadata {
         class_names: info.class_names.clone(),
@@ -233,8 +277,16 @@ pub fn build_model(model: &ResNet18, meta: &ModelMetadata, opts: &GraphOptions) 
     })
 }
 
-/// Writes the encoded model to `out` (via a temporary file and a rename, so a reader never
-/// sees half a model) and then the sidecar.
+/// Writes the encoded model to `out` and its sidecar beside it, each through a synced temporary
+/// file and a rename (see [`crate::atomic_file`]), so a reader never sees half a file.
+///
+/// Both temporary files are written before either rename: an export that fails while writing
+/// (a full disk) changes neither file. The sidecar is renamed first, the model second. Readers
+/// check the model against the sidecar, so the one state between the renames, the new sidecar
+/// beside the old model, is refused rather than served; the other order would put the new model
+/// in place beside the old sidecar, or beside none at all where there was none, which a reader
+/// takes as a model with nothing to check against. This way the new model is visible only once
+/// its own sidecar is durably in place.
 pub fn write_model(proto: &ModelProto, out: &Path, opts: &GraphOptions) -> Result<ExportReport, ExportError> {
     let bytes = proto.to_bytes();
     let sha256 = onnx::checksum::sha256_hex(&bytes);
@@ -245,13 +297,19 @@ pub fn write_model(proto: &ModelProto, out: &Path, opts: &GraphOptions) -> Resul
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     }
-    let mut tmp = out.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, &bytes).map_err(write_err(&tmp))?;
-    std::fs::rename(&tmp, out).map_err(write_err(out))?;
     let sidecar = onnx::checksum::sidecar_path(out);
-    std::fs::write(&sidecar, onnx::checksum::sidecar_line(&sha256, out)).map_err(write_err(&sidecar))?;
+    let stage = |path: &Path, content: &[u8]| {
+        atomic_file::stage(path, |f| f.write_all(content)).map_err(|e| match e {
+            ReplaceError::Io(source) | ReplaceError::Write(source) => ExportError::Write {
+                path: path.to_owned(),
+                source,
+            },
+        })
+    };
+    let model_file = stage(out, &bytes)?;
+    let sidecar_file = stage(&sidecar, onnx::checksum::sidecar_line(&sha256, out).as_bytes())?;
+    sidecar_file.commit().map_err(write_err(&sidecar))?;
+    model_file.commit().map_err(write_err(out))?;
     let graph = proto.graph.as_ref();
     Ok(ExportReport {
         path: out.to_owned(),

@@ -1,25 +1,16 @@
-//! Where and when an export was made: the git commit of the working tree and an RFC 3339 time.
+//! Where and when an export was made: the git commit the exporter was built from and an RFC 3339
+//! time.
 
-use std::process::Command;
 use std::time::SystemTime;
 
-/// `git rev-parse HEAD` of the current directory, with `-dirty` appended when tracked files
-/// differ from it; `None` outside a git checkout or without `git` on the PATH.
+/// The commit of the checkout this crate was built from (`git rev-parse HEAD` at build time, by
+/// `build.rs`), with `-dirty` appended when the files it is built from differed from it; `None`
+/// for a build outside a git checkout or without `git`. Read at build time because the directory
+/// an export runs in may be any repository, or none.
 pub fn git_commit() -> Option<String> {
-    let out = Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let commit = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-    if commit.is_empty() {
-        return None;
-    }
-    let clean = Command::new("git")
-        .args(["diff", "--quiet", "HEAD", "--"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(true);
-    Some(if clean { commit } else { format!("{commit}-dirty") })
+    option_env!("TRAIN_GIT_COMMIT")
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
 }
 
 /// The current UTC time as RFC 3339 with seconds, e.g. `2026-11-25T18:04:05Z`.
