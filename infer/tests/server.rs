@@ -405,12 +405,26 @@ fn a_first_start_warns_of_nothing_and_logs_rounded_durations() -> Result<()> {
         .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    // A request or two, so that their "done" lines are among those checked.
+    let url = line.trim().strip_prefix("listening on ").map(str::to_owned);
+    if let Some(url) = &url {
+        let png = solid([10, 10, 250], 32, 32, ImageFormat::Png);
+        ureq::post(&format!("{url}/v1/predict"))
+            .header("Content-Type", "image/png")
+            .send(&png[..])?;
+        ureq::get(&format!("{url}/healthz")).call()?;
+    }
     sigterm(&child)?;
     let mut log = String::new();
     child.stderr.take().context("stderr")?.read_to_string(&mut log)?;
     child.wait()?;
-    ensure!(line.starts_with("listening on"), "{line:?}: {log}");
+    ensure!(url.is_some(), "{line:?}: {log}");
     assert!(log.contains("graph_cache=Stored"), "{log}");
+    let done = log
+        .lines()
+        .filter(|l| l.contains(" done ") && l.contains("ms="))
+        .count();
+    assert_eq!(done, 2, "a done line with its duration per request: {log}");
     for line in log.lines() {
         assert!(!line.contains(" WARN "), "a warning on a first start: {line}");
         for value in line

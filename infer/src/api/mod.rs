@@ -319,7 +319,7 @@ async fn observe(State(state): State<Shared>, mut req: Request, next: Next) -> R
     let elapsed = start.elapsed();
     let status = response.status();
     span.in_scope(|| {
-        tracing::info!(status = status.as_u16(), ms = elapsed.as_secs_f64() * 1e3, "done");
+        tracing::info!(status = status.as_u16(), ms = crate::logging::millis(elapsed), "done");
     });
     state
         .metrics
