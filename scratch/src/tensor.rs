@@ -70,7 +70,7 @@ impl Tensor4 {
                 z ^= z >> 31;
                 // The top 24 bits are exactly representable in an f32 mantissa, and so is their
                 // double, so a plain multiply and add round once, as `mul_add` would, without
-                // its call to the C library's `fmaf` on targets without an FMA instruction.
+                // its call to a software `fmaf` on targets without an FMA instruction.
                 ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect();

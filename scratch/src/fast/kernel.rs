@@ -84,9 +84,9 @@ impl Kernel {
 }
 
 /// `a * b + c`, fused only where the target has a fused multiply-add instruction: elsewhere
-/// (x86-64 without the `fma` feature, the default target) `f32::mul_add` is a call to the C
-/// library's `fmaf` for every element, which no compiler vectorises, while a multiply and an add
-/// vectorise on any SIMD baseline (SSE2, NEON).
+/// (x86-64 without the `fma` feature, the default target) `f32::mul_add` is a call to a software
+/// `fmaf` for every element, which no compiler vectorises, while a multiply and an add vectorise
+/// on any SIMD baseline (SSE2, NEON).
 #[inline(always)]
 fn madd(a: f32, b: f32, c: f32) -> f32 {
     if cfg!(any(target_feature = "fma", target_arch = "aarch64")) {
