@@ -78,11 +78,6 @@ pub fn stage<E>(path: &Path, write: impl FnOnce(&mut File) -> Result<(), E>) -> 
 }
 
 impl Staged {
-    /// The file this will replace.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Renames the synced temporary file over the target and syncs the directory; on an error
     /// the temporary file is removed and the target is as it was.
     pub fn commit(self) -> io::Result<()> {

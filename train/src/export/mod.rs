@@ -182,7 +182,7 @@ pub fn export_checkpoint(opts: &ExportOptions) -> Result<ExportReport, ExportErr
 pub struct InitOptions {
     /// Channels of the first stage (64 = standard ResNet-18).
     pub width: i64,
-    /// libtorch's seed for the weights: the same seed gives the same file, but for its time.
+    /// libtorch's seed for the weights: the same seed gives the same weights.
     pub seed: i64,
     pub out: PathBuf,
     pub opset: i64,
