@@ -8,21 +8,24 @@
         [--bootstrap PATH [--ort-dylib PATH] | --zip PATH] [--work-dir /tmp/lambda-bench]
     python3 scripts/lambda_bench.py --runs 2 --invocations 20        # a quick check, ~2 min
 
-Stdlib only (system python3 >= 3.11); root, for the CPU-share cgroup and a read-only mount.
-Uses one core for the function and another for itself: run it on an otherwise quiet machine.
-Every function runs under a local Lambda Runtime API emulator (scripts/lambda_runtime_api.py)
-(`GET .../invocation/next`, `POST .../invocation/{id}/response|error`, `POST .../init/error`),
-pinned to one core (`taskset -c CPU`) with one ONNX Runtime / PyTorch thread: Lambda at 1769 MB.
+Python because the Python Lambda handlers it compares with `infer` (ONNX Runtime and PyTorch,
+under awslambdaric) are, and share its venv. Stdlib only (system python3 >= 3.11); root, for the
+CPU-share cgroup and a read-only mount. Uses one core for the function and the others for itself
+and the emulator: run it on an otherwise quiet machine. Every function runs against cargo-lambda's
+Lambda runtime API emulator (`cargo lambda watch --only-lambda-apis`, from the tools venv that
+`cargo xtask setup` makes, as the Lambda tests run it), pinned to one core (`taskset -c CPU`)
+with one ONNX Runtime / PyTorch thread: Lambda at 1769 MB.
 
-- INIT: process start to its first `GET /2018-06-01/runtime/invocation/next`, `--runs` times.
+- INIT: process start to its first `GET /2018-06-01/runtime/invocation/next` (when the emulator
+  logs its arrival), `--runs` times.
   `infer` twice: as Lambda runs it by default (no graph cache: optimises the graph at every
   start) and with the optimised graph prepared at package time (`INFER_CACHE_DIR` filled by one
   earlier start of the same binary, then mounted read-only, like /var/task).
 - Warm: `--invocations` API Gateway HTTP API (v2) events (`POST /v1/predict`, base64 body) one at
-  a time, timed from handing the event out (the /next response) to receiving its /response; each
-  answer must be a 200 whose JSON names a CIFAR-10 label. Two images: a 32x32 PNG (the first
-  CIFAR-10 test cat) and a 640x480 JPEG (a road photograph, quality 90). One un-timed invoke per
-  image first (reported as "first").
+  a time, timed from the invoke POST to the emulator's answer (so the emulator's loopback hops
+  are in it); each answer must be a 200 whose JSON names a CIFAR-10 label. Two images: a 32x32
+  PNG (the first CIFAR-10 test cat) and a 640x480 JPEG (a road photograph, quality 90). One
+  un-timed invoke per image first (reported as "first").
 - Below 1769 MB Lambda gives a proportional CPU share: the warm runs are repeated in a cgroup
   whose CFS quota is memory/1769 of one core per 100 ms period (`--cfs-period-us`; Lambda's
   period is not published). Back-to-back invocations use up the quota: the worst case. Without a
@@ -45,6 +48,7 @@ Writes WORK_DIR/lambda.md (the tables, also printed) and WORK_DIR/lambda.json (r
 
 import argparse
 import base64
+import concurrent.futures
 import contextlib
 import datetime
 import hashlib
@@ -56,15 +60,18 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lambda_runtime_api import FUNCTION_NAME, REGION, BenchError, RuntimeApi, log_tail
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
@@ -84,6 +91,137 @@ PRICE_PER_REQUEST = 0.20 / 1e6
 # scripts/bench_serving.py makes) and, beside it, the runtime interface client.
 REQUIREMENTS = SCRIPTS / "bench-requirements.txt"
 AWSLAMBDARIC = "awslambdaric==4.2.2"
+
+REGION = "eu-west-1"
+FUNCTION_NAME = "infer-bench"
+# cargo-lambda's name for the one function of a project, which the runtime API's bare
+# `/.rt/2018-06-01/...` paths serve.
+EMULATED_FUNCTION = "_"
+CARGO_LAMBDA = REPO / ".native" / "tools" / "bin" / "cargo-lambda"
+
+
+class BenchError(Exception):
+    """A failure that stops the benchmark, with a message for the user."""
+
+
+def log_tail(path, lines=15):
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The Runtime API: cargo-lambda's emulator
+
+
+@dataclass
+class Outcome:
+    """The emulator's answer to one invocation; times are perf_counter_ns."""
+
+    kind: str  # "response" or "error"
+    body: bytes
+    sent_ns: int
+    received_ns: int
+
+    @property
+    def ms(self):
+        return (self.received_ns - self.sent_ns) / 1e6
+
+
+class RuntimeApi:
+    """cargo-lambda's Lambda runtime API (`cargo lambda watch --only-lambda-apis`, the one the
+    Lambda tests use) for one function process. INIT ends at the function's first
+    `GET .../invocation/next`, timed when the emulator's request log (tower-http's, at debug)
+    says it arrived; an invocation is timed from its POST to the emulator's answer. Both on this
+    script's monotonic clock."""
+
+    NEXT = b"/.rt/2018-06-01/runtime/invocation/next"
+
+    def __init__(self, cargo_lambda, log_path, timeout_s=60):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._command = [str(cargo_lambda), "lambda", "watch", "--only-lambda-apis",
+                         "--invoke-address", "127.0.0.1", "--invoke-port", str(self.port)]
+        self._log_path, self._timeout_s = log_path, timeout_s
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._first_next = threading.Event()
+        self.first_next_ns = None
+
+    def address(self, function):
+        """AWS_LAMBDA_RUNTIME_API for `function`: awslambdaric puts `http://` before it itself;
+        lambda_runtime takes the base URL as it is, and cannot parse a path without a scheme."""
+        base = f"127.0.0.1:{self.port}/.rt"
+        return f"http://{base}" if function.handler == "infer" else base
+
+    def __enter__(self):
+        if not Path(self._command[0]).is_file():
+            raise BenchError(f"no {self._command[0]}: `cargo xtask setup` installs cargo-lambda")
+        env = os.environ | {"RUST_LOG": "cargo_lambda=info,tower_http=debug", "NO_COLOR": "1"}
+        # `cargo lambda watch` reads a cargo project even when it builds nothing: infer's.
+        self._proc = subprocess.Popen(self._command, cwd=REPO / "infer", env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self._reader = threading.Thread(target=self._read_log, name="emulator-log", daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                break
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                stop(self._proc)
+                raise BenchError(f"cargo lambda watch did not listen on {self.port}\n{log_tail(self._log_path)}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        stop(self._proc)
+        self._reader.join(timeout=5)
+
+    def _read_log(self):
+        """Copies the emulator's log to its file, noting when the first `/next` arrived."""
+        with open(self._log_path, "wb") as log:
+            for line in self._proc.stdout:
+                if self.first_next_ns is None and self.NEXT in line and b"started processing request" in line:
+                    self.first_next_ns = time.perf_counter_ns()
+                    self._first_next.set()
+                log.write(line)
+
+    def wait_for_init(self, proc, timeout_s, log_path):
+        """The perf_counter_ns of the function's first `/next`; raises if it exits first or
+        takes longer than `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while not self._first_next.wait(0.005):
+            if proc.poll() is not None:
+                raise BenchError(f"the function exited ({proc.returncode}) during INIT\n{log_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"no /next within {timeout_s} s of the start\n{log_tail(log_path)}")
+        return self.first_next_ns
+
+    def invoke(self, event, timeout_s, proc, log_path):
+        """Sends `event` (bytes) and waits for the Outcome, failing at once if the function exits
+        meanwhile (the emulator would hold the request for ever)."""
+        url = f"http://127.0.0.1:{self.port}/2015-03-31/functions/{EMULATED_FUNCTION}/invocations"
+
+        def post():
+            sent = time.perf_counter_ns()
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, data=event, method="POST")) as answer:
+                    return Outcome("response", answer.read(), sent, time.perf_counter_ns())
+            except urllib.error.HTTPError as e:  # the function posted an error
+                return Outcome("error", e.read(), sent, time.perf_counter_ns())
+
+        future, deadline = self._pool.submit(post), time.monotonic() + timeout_s
+        while True:
+            try:
+                return future.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:
+                if proc.poll() is not None:
+                    raise BenchError(f"the function exited ({proc.returncode})\n{log_tail(log_path)}") from None
+                if time.monotonic() > deadline:
+                    raise BenchError(f"no answer within {timeout_s} s\n{log_tail(log_path)}") from None
+
 
 # ---------------------------------------------------------------------------------------------
 # Functions under test
@@ -335,7 +473,8 @@ def cpu_ms(pid):
 
 def measure_init(function, memory_mb, cpu, log_path, timeout_s, share=None):
     """One cold start to the first /next: (ms, components)."""
-    with RuntimeApi() as api, started(function, api.address, memory_mb, cpu, log_path, share) as (proc, start_ns):
+    with RuntimeApi(CARGO_LAMBDA, f"{log_path}.emulator") as api, \
+            started(function, api.address(function), memory_mb, cpu, log_path, share) as (proc, start_ns):
         first_next = api.wait_for_init(proc, timeout_s, log_path)
         used = cpu_ms(proc.pid)  # waiting in /next now: this is INIT's
     return (first_next - start_ns) / 1e6, init_components(function, log_path) | {"cpu_ms": used}
@@ -360,7 +499,8 @@ def check_answer(outcome, log_path):
 def measure_warm(function, memory_mb, cpu, images, invocations, log_path, timeouts, share=None):
     """INIT, then per image one un-timed invoke and `invocations` timed ones (batch 1)."""
     result = {"memory_mb": memory_mb, "images": {}}
-    with RuntimeApi() as api, started(function, api.address, memory_mb, cpu, log_path, share) as (proc, start_ns):
+    with RuntimeApi(CARGO_LAMBDA, f"{log_path}.emulator") as api, \
+            started(function, api.address(function), memory_mb, cpu, log_path, share) as (proc, start_ns):
         result["init_ms"] = (api.wait_for_init(proc, timeouts["init"], log_path) - start_ns) / 1e6
         result["init_cpu_ms"] = cpu_ms(proc.pid)
         for image in images:
@@ -609,7 +749,7 @@ def render(report):
     add("")
     add(f"- Bootstrap: {report['bootstrap']}; Python handlers: {report['python']} ({report['python_versions']}) via awslambdaric.")
     add(f"- One core (`taskset -c {report['cpu']}`), `INFER_THREADS=1` / 1 intra-op thread: Lambda at {FULL_CORE_MB} MB. "
-        "Local Runtime API emulator (scripts/lambda_runtime_api.py); times from its monotonic clock.")
+        "cargo-lambda's runtime API emulator; times from this script's monotonic clock.")
     add(f"- CPU share below {FULL_CORE_MB} MB: {report['cpu_share']}.")
     add("- x86-64 durations on this CPU stand in for Graviton (arm64) ones; prices are arm64's.")
     add("")
@@ -621,7 +761,7 @@ def render(report):
         s = row["summary"]
         add(f"| {row['label']} | {row['model']} | {row['graph'] or '-'} | {fmt(s['p50'])} | {fmt(s['p90'])} | {fmt(s['max'])} | {row['components']} |")
     add("")
-    add(f"## Warm invoke latency, batch 1 ({report['invocations']} invocations; /next hand-out to /response)")
+    add(f"## Warm invoke latency, batch 1 ({report['invocations']} invocations; invoke POST to answer)")
     add("")
     add("| handler | model | image | memory MB | CPU share | p50 ms | p99 ms | mean ms | first ms | INIT ms (1 run) |")
     add("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -912,7 +1052,7 @@ def interrupted(signum, frame):
 
 
 def keep_off_cpu(cpu):
-    """This script (the emulator) runs on the other cores, leaving `cpu` to the function."""
+    """This script and the emulator it starts run on the other cores, leaving `cpu` to the function."""
     others = os.sched_getaffinity(0) - {cpu}
     if cpu not in os.sched_getaffinity(0):
         raise BenchError(f"--cpu {cpu} is not available here (cores {sorted(os.sched_getaffinity(0))})")

@@ -18,6 +18,8 @@ pub struct Env {
     pub tools: Option<PathBuf>,
     /// The SAM CLI's virtual environment (the deploy rehearsal's).
     pub sam: Option<PathBuf>,
+    /// cargo-machete's install root (the dependency check's).
+    pub machete: Option<PathBuf>,
 }
 
 /// What a task needs set up; each task asks for its own parts, so that `lint` does not fetch
@@ -38,6 +40,8 @@ pub struct Needs {
     pub arm64_run: bool,
     /// A Chromium (infer's page test).
     pub chromium: bool,
+    /// cargo-machete (the unused-dependency check).
+    pub machete: bool,
 }
 
 impl Needs {
@@ -50,6 +54,7 @@ impl Needs {
         rust_aarch64: false,
         arm64_run: false,
         chromium: false,
+        machete: false,
     };
     pub const ALL: Self = Self {
         libtorch: true,
@@ -59,6 +64,7 @@ impl Needs {
         rust_aarch64: true,
         arm64_run: true,
         chromium: true,
+        machete: true,
     };
 
     /// Everything either needs.
@@ -71,6 +77,7 @@ impl Needs {
             rust_aarch64: self.rust_aarch64 || other.rust_aarch64,
             arm64_run: self.arm64_run || other.arm64_run,
             chromium: self.chromium || other.chromium,
+            machete: self.machete || other.machete,
         }
     }
 }
@@ -123,6 +130,11 @@ pub fn prepare(needs: Needs) -> Result<Env> {
     if needs.chromium {
         tools::chromium()?;
     }
+    let machete = if needs.machete {
+        Some(tools::cargo_tool(&cache, tools::CARGO_MACHETE)?)
+    } else {
+        None
+    };
     eprintln!(
         "xtask: set-up ready in {:.1?} (cache {})",
         started.elapsed(),
@@ -133,6 +145,7 @@ pub fn prepare(needs: Needs) -> Result<Env> {
         ort_dir,
         tools: tools_dir,
         sam: sam_dir,
+        machete,
     })
 }
 
@@ -166,12 +179,19 @@ impl Env {
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         cmd.current_dir(paths::repo_root());
-        if let Some(tools) = &self.tools {
-            let mut path = OsString::from(tools.join("bin"));
-            if let Some(old) = std::env::var_os("PATH") {
+        let ours: Vec<PathBuf> = [&self.tools, &self.machete]
+            .into_iter()
+            .flatten()
+            .map(|dir| dir.join("bin"))
+            .collect();
+        if !ours.is_empty() {
+            let old = std::env::var_os("PATH").unwrap_or_default();
+            let mut path = OsString::new();
+            for dir in ours {
+                path.push(dir);
                 path.push(":");
-                path.push(old);
             }
+            path.push(old);
             cmd.env("PATH", path);
         }
         cmd

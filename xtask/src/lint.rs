@@ -327,6 +327,7 @@ mod tests {
             ort_dir: paths::native_link().join("onnxruntime"),
             tools: Some(tools),
             sam: None,
+            machete: None,
         })
     }
 

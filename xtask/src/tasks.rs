@@ -81,6 +81,17 @@ pub const STEPS: &[Step] = &[
         run: |env| run_step("tests", env.command("cargo").args(["test", "--workspace", "--locked"])),
     },
     Step {
+        name: "deps",
+        about: "cargo machete: no crate lists a dependency its code never names",
+        needs: Needs {
+            machete: true,
+            ..NOTHING
+        },
+        // Run as itself: as `cargo machete` this version takes the subcommand's name for a path.
+        // --with-metadata reads each dependency's library name (md-5 is `md5`) from cargo.
+        run: |env| run_step("deps", env.command("cargo-machete").arg("--with-metadata")),
+    },
+    Step {
         name: "lint",
         about: "IaC and workflow linters (cfn-lint, checkov, actionlint, zizmor, hadolint, shellcheck)",
         needs: TOOLS,

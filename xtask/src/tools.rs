@@ -53,6 +53,32 @@ pub const ARM64_DEBIAN_PACKAGES: &[&str] = &[
     "libgcc-s1-arm64-cross",
 ];
 
+/// Cargo subcommands from crates.io, each built once (`cargo install --locked`) into a folder of
+/// the cache named by its version, whose `bin/` goes on the tasks' PATH.
+pub const CARGO_MACHETE: (&str, &str) = ("cargo-machete", "0.9.2");
+
+/// `cache/<crate>-<version>`, built once with `cargo install --locked`.
+pub fn cargo_tool(cache: &Path, (krate, version): (&str, &str)) -> Result<PathBuf> {
+    let dest = cache.join(format!("{krate}-{version}"));
+    let stamp = dest.join(".complete");
+    if stamp.exists() {
+        return Ok(dest);
+    }
+    eprintln!("xtask: building {krate} {version} into {}", dest.display());
+    run(
+        Command::new("cargo")
+            // Outside the repository, so that its .cargo/config.toml plays no part.
+            .current_dir(cache)
+            .args(["install", "--locked", "--quiet", krate, "--version", version, "--root"])
+            .arg(&dest),
+        &format!(
+            "building {krate} {version} from crates.io (without network access, restore the cache folder instead)"
+        ),
+    )?;
+    fs::write(&stamp, format!("{krate} {version}\n"))?;
+    Ok(dest)
+}
+
 /// The virtual environment holding [`REQUIREMENTS`]; its `bin/` goes first on the tasks' PATH.
 pub fn venv(cache: &Path) -> Result<PathBuf> {
     venv_of(cache, "tools", REQUIREMENTS)
