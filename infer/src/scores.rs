@@ -1,9 +1,10 @@
 //! What the model's logits mean to a caller: probabilities and the top-k classes.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// One class in a top-k answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Scored {
     pub label: String,
     pub class_id: usize,

@@ -484,6 +484,10 @@ async fn health_model_metrics_and_openapi() -> Result<()> {
         .as_str()
         .context("the version example")?
         .to_owned();
+    // The whole document, so that any change to it is seen, and accepted, in review.
+    let redacted = doc.to_string().replace(&format!("\"{version}\""), "\"[version]\"");
+    let redacted: Value = serde_json::from_str(&redacted)?;
+    snapshot!("openapi", &redacted);
     for (method, path) in &routed {
         let uri = path.replace("{name}", "tiny").replace("{version}", &version);
         let request = Request::builder()
@@ -513,6 +517,208 @@ async fn health_model_metrics_and_openapi() -> Result<()> {
         "{text}"
     );
     assert!(text.contains("infer_batch_size_count"), "{text}");
+    Ok(())
+}
+
+/// A schema, or the component schema its `$ref` names.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+    {
+        Some(name) => &doc["components"]["schemas"][name],
+        None => schema,
+    }
+}
+
+/// The fields of `value`, as paths from `at`, that `schema` does not describe.
+fn undocumented(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+    let schema = resolve(doc, schema);
+    if let Some(alternatives) = schema
+        .get("oneOf")
+        .or_else(|| schema.get("anyOf"))
+        .and_then(Value::as_array)
+    {
+        // The value is one of them: the one that describes most of it.
+        return alternatives
+            .iter()
+            .map(|alternative| undocumented(doc, alternative, value, at))
+            .min_by_key(Vec::len)
+            .unwrap_or_default();
+    }
+    match value {
+        Value::Object(fields) => match schema.get("properties").and_then(Value::as_object) {
+            Some(properties) => fields
+                .iter()
+                .flat_map(|(key, field)| match properties.get(key) {
+                    Some(property) => undocumented(doc, property, field, &format!("{at}.{key}")),
+                    None => vec![format!("{at}.{key}")],
+                })
+                .collect(),
+            // A free-form object describes whatever it holds.
+            None if schema["type"] == "object"
+                || schema["type"].as_array().is_some_and(|t| t.contains(&json!("object"))) =>
+            {
+                Vec::new()
+            }
+            None => fields.keys().map(|key| format!("{at}.{key}")).collect(),
+        },
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .flat_map(|(i, item)| undocumented(doc, &schema["items"], item, &format!("{at}[{i}]")))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Every reply's status is listed for its route, and every field of a JSON reply is in the
+/// schema listed for that status: a field added to a reply, or a status a route starts to
+/// answer, cannot go undocumented.
+#[tokio::test]
+async fn the_openapi_document_describes_every_reply() -> Result<()> {
+    let app = app()?;
+    let (_, doc) = call(&app, get("/openapi.json")?).await?;
+    let (_, model) = call(&app, get("/v1/model")?).await?;
+    let version = model["version"].as_str().context("the model's version")?.to_owned();
+    let png = solid([250, 10, 10], 32, 32, ImageFormat::Png);
+    let with_method = |method: &str, uri: &str| Request::builder().method(method).uri(uri).body(Body::empty());
+    let classes = json!({"id": "r", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(&png)]}],
+                         "outputs": [{"name": "logits", "parameters": {"classification": 2}}]});
+    let logits = json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                                    "data": vec![0.0f32; 3 * 32 * 32]}]});
+    let versioned = format!("/v2/models/tiny/versions/{version}");
+    // (the documented operation, a request to it, the status it is answered with)
+    let cases = vec![
+        (
+            "post",
+            "/v1/predict",
+            post("/v1/predict?top_k=2&input_image=true", "image/png", png.clone())?,
+            200,
+        ),
+        (
+            "post",
+            "/v1/predict",
+            post(
+                "/v1/predict",
+                "application/json",
+                json!({"images": [b64(&png), b64(&png)]}).to_string(),
+            )?,
+            200,
+        ),
+        (
+            "post",
+            "/predict",
+            post("/predict?input_image=1", "image/png", png.clone())?,
+            200,
+        ),
+        ("post", "/predict", post("/predict", "text/plain", "x")?, 415),
+        (
+            "post",
+            "/v1/predict",
+            post("/v1/predict?top_k=0", "image/png", png.clone())?,
+            422,
+        ),
+        (
+            "post",
+            "/v1/predict",
+            post("/v1/predict", "image/png", "not a png")?,
+            400,
+        ),
+        ("post", "/v1/predict", get("/v1/predict")?, 405),
+        ("get", "/", get("/")?, 200),
+        ("get", "/healthz", get("/healthz")?, 200),
+        ("get", "/healthz", with_method("DELETE", "/healthz")?, 405),
+        ("get", "/readyz", get("/readyz")?, 200),
+        ("get", "/v1/model", get("/v1/model")?, 200),
+        ("get", "/metrics", get("/metrics")?, 200),
+        ("get", "/openapi.json", get("/openapi.json")?, 200),
+        ("get", "/v2", get("/v2")?, 200),
+        ("get", "/v2/health/live", get("/v2/health/live")?, 200),
+        ("get", "/v2/health/ready", get("/v2/health/ready")?, 200),
+        ("get", "/v2/models/{name}", get("/v2/models/tiny")?, 200),
+        ("get", "/v2/models/{name}", get("/v2/models/other")?, 404),
+        ("get", "/v2/models/{name}/ready", get("/v2/models/tiny/ready")?, 200),
+        ("get", "/v2/models/{name}/versions/{version}", get(&versioned)?, 200),
+        (
+            "get",
+            "/v2/models/{name}/versions/{version}",
+            get("/v2/models/tiny/versions/7")?,
+            404,
+        ),
+        (
+            "get",
+            "/v2/models/{name}/versions/{version}/ready",
+            get(&format!("{versioned}/ready"))?,
+            200,
+        ),
+        (
+            "post",
+            "/v2/models/{name}/infer",
+            post("/v2/models/tiny/infer", "application/json", classes.to_string())?,
+            200,
+        ),
+        (
+            "post",
+            "/v2/models/{name}/versions/{version}/infer",
+            post(&format!("{versioned}/infer"), "application/json", logits.to_string())?,
+            200,
+        ),
+        (
+            "post",
+            "/v2/models/{name}/infer",
+            post("/v2/models/tiny/infer", "application/json", "nope")?,
+            400,
+        ),
+        ("post", "/v2/models/{name}/infer", get("/v2/models/tiny/infer")?, 405),
+    ];
+    for (method, path, request, want) in cases {
+        let what = format!("{} {}", request.method(), request.uri());
+        let (status, reply) = call(&app, request).await?;
+        assert_eq!(status.as_u16(), want, "{what}: {reply}");
+        let response = &doc["paths"][path][method]["responses"][status.as_str()];
+        assert!(
+            response.is_object(),
+            "{what}: {status} is not documented for {method} {path}"
+        );
+        let Some(schema) = response["content"].get("application/json").map(|c| &c["schema"]) else {
+            assert!(!reply.is_object(), "{what}: a JSON reply documented as another type");
+            continue;
+        };
+        let missing = undocumented(&doc, schema, &reply, "");
+        assert!(
+            missing.is_empty(),
+            "{what}: {missing:?} are not in the schema of {status}"
+        );
+    }
+    // A field the predict replies above carried, named here so that the check above cannot
+    // pass by finding no such field to check.
+    let prediction = resolve(&doc, &doc["components"]["schemas"]["Prediction"]);
+    assert!(prediction["properties"]["input_image"].is_object(), "{prediction}");
+
+    // What the router and its layers answer, on routes not exercised above too.
+    for route in infer::api::routes() {
+        let responses = &doc["paths"][route.path][route.verb.as_str()]["responses"];
+        let mut layers = vec!["405", "503"];
+        if route.verb == infer::api::Verb::Post {
+            layers.extend(["500", "504"]);
+        }
+        for status in layers {
+            let error = if route.path.starts_with("/v2") {
+                "V2ErrorBody"
+            } else {
+                "ErrorBody"
+            };
+            assert_eq!(
+                responses[status]["content"]["application/json"]["schema"]["$ref"],
+                format!("#/components/schemas/{error}"),
+                "{status} on {} {}",
+                route.verb.as_str(),
+                route.path
+            );
+        }
+    }
     Ok(())
 }
 

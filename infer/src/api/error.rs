@@ -6,9 +6,33 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::preprocess::PreprocessError;
+
+/// The error JSON of every route outside `/v2`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// The error's class, stable for clients to match on (`payload_too_large`,
+    /// `invalid_parameter`, `overloaded`, ...).
+    pub code: &'static str,
+    /// For people: names the field, the limit or the step at fault.
+    pub message: String,
+}
+
+/// The Open Inference Protocol's error JSON, on every `/v2` route.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct V2ErrorBody {
+    /// For people: names the field, the limit or the step at fault.
+    pub error: String,
+}
 
 /// An error reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +129,7 @@ impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
         let retry_after = self.0.retry_after;
         with_retry_after(
-            (self.0.status, Json(json!({"error": self.0.message}))).into_response(),
+            (self.0.status, Json(V2ErrorBody { error: self.0.message })).into_response(),
             retry_after,
         )
     }
@@ -113,7 +137,12 @@ impl IntoResponse for V2Error {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         with_retry_after((self.status, Json(body)).into_response(), self.retry_after)
     }
 }

@@ -13,6 +13,7 @@
 //! answered 503 ([`Drain`]).
 
 mod error;
+mod meta;
 pub mod openapi;
 mod page;
 mod v1;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::BoxError;
+use axum::Router;
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
@@ -31,9 +33,7 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use axum::{Json, Router};
 use image::RgbImage;
-use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -46,7 +46,7 @@ use crate::metrics::Metrics;
 use crate::model::ModelInfo;
 use crate::preprocess::{BoundedError, DecodeLimits, Normalisation, Preprocessed, preprocess_bounded};
 
-pub use error::{ApiError, RequestId, V2Error};
+pub use error::{ApiError, ErrorBody, ErrorDetail, RequestId, V2Error, V2ErrorBody};
 pub use v1::{ModelRef, PredictResponse, Prediction, Timing};
 pub use v2::{EXTENSIONS, image_input_name};
 
@@ -191,11 +191,11 @@ fn table() -> Vec<(Route, MethodRouter<Shared>)> {
         at(Get, "/", page::page),
         at(Post, "/v1/predict", v1::predict),
         at(Post, "/predict", v1::predict),
-        at(Get, "/v1/model", model_info),
-        at(Get, "/healthz", healthz),
-        at(Get, "/readyz", readyz),
-        at(Get, "/metrics", metrics),
-        at(Get, "/openapi.json", openapi_document),
+        at(Get, "/v1/model", meta::model_info),
+        at(Get, "/healthz", meta::healthz),
+        at(Get, "/readyz", meta::readyz),
+        at(Get, "/metrics", meta::metrics),
+        at(Get, "/openapi.json", meta::openapi_document),
         at(Get, "/v2", v2::server),
         at(Get, "/v2/health/live", v2::live),
         at(Get, "/v2/health/ready", v2::ready),
@@ -429,47 +429,4 @@ fn not_ready() -> ApiError {
         "not_ready",
         "the model's batch workers have stopped; the server cannot classify",
     )
-}
-
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
-}
-
-/// The model is loaded and warmed up before the router exists, so a router that answers is ready
-/// while a batch worker is left to run the model.
-async fn readyz(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
-    if !state.ready() {
-        return Err(not_ready());
-    }
-    let info = state.info();
-    Ok(Json(
-        json!({"status": "ready", "model": info.name, "version": info.version}),
-    ))
-}
-
-async fn model_info(State(state): State<Shared>) -> Json<Value> {
-    let info = state.info();
-    Json(json!({
-        "name": info.name,
-        "version": info.version,
-        "sha256": info.sha256,
-        "class_names": info.class_names,
-        "input": {"name": info.input_name, "height": info.input_height, "width": info.input_width,
-                  "channel_order": info.channel_order, "layout": info.layout, "mean": info.mean, "std": info.std},
-        "output": {"name": info.output_name, "classes": info.num_classes()},
-        "batching": state.engine.batching(),
-        "metadata": info.metadata,
-    }))
-}
-
-async fn metrics(State(state): State<Shared>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn openapi_document(State(state): State<Shared>) -> Json<Value> {
-    Json(openapi::document(state.info()))
 }

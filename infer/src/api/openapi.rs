@@ -1,145 +1,167 @@
-//! The OpenAPI 3.1 document served at `/openapi.json`, describing every route. The router's own
-//! table ([`super::routes`]) is the list of routes; the router tests hold this document to it in both
-//! directions.
+//! The OpenAPI 3.1 document served at `/openapi.json`, derived by `utoipa` from the handlers'
+//! attributes and from the types the bodies are read into and written from, so that a field
+//! cannot be added to a reply without appearing here. Added here, as no handler can say it: what
+//! the router and its layers answer on every route ([`layer_responses`]), the FastAPI clients'
+//! `/predict` (the same handler as `/v1/predict`), and the served model's names. The router's own
+//! table ([`super::routes`]) is the list of routes; the router tests hold this document to it in
+//! both directions.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+use utoipa::OpenApi;
 
+use super::{ErrorBody, V2ErrorBody, is_v2_path, meta, page, v1, v2};
 use crate::model::ModelInfo;
 
-fn error_responses(codes: &[&str], schema: &str) -> Value {
-    let mut map = serde_json::Map::new();
-    for code in codes {
-        map.insert(
-            (*code).to_owned(),
-            json!({"description": "error", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}}),
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "infer: image classification"),
+    paths(
+        page::page,
+        v1::predict,
+        meta::model_info,
+        meta::healthz,
+        meta::readyz,
+        meta::metrics,
+        meta::openapi_document,
+        v2::server,
+        v2::live,
+        v2::ready,
+        v2::model,
+        v2::model_ready,
+        v2::infer,
+        v2::model_version,
+        v2::model_version_ready,
+        v2::infer_version,
+    ),
+    components(schemas(ErrorBody, V2ErrorBody))
+)]
+struct Derived;
+
+/// The FastAPI clients' path for `/v1/predict`.
+const PREDICT_ALIAS: &str = "/predict";
+
+/// The document for the served model.
+pub fn document(info: &ModelInfo) -> Result<Value, serde_json::Error> {
+    let mut doc = serde_json::to_value(Derived::openapi())?;
+    if let Some(doc_info) = doc.get_mut("info").and_then(Value::as_object_mut) {
+        doc_info.insert(
+            "description".into(),
+            json!(format!(
+                "Serves {} ({} classes, {}x{} RGB input). V2 inference takes the FP32 input {:?} \
+                 ([N, 3, {}, {}]) or the BYTES input {:?} ([N], encoded images).",
+                info.name,
+                info.num_classes(),
+                info.input_height,
+                info.input_width,
+                info.input_name,
+                info.input_height,
+                info.input_width,
+                super::v2::image_input_name(info),
+            )),
         );
     }
-    Value::Object(map)
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return Ok(doc);
+    };
+    if let Some(mut alias) = paths.get("/v1/predict").cloned() {
+        if let Some(post) = alias.get_mut("post").and_then(Value::as_object_mut) {
+            post.insert("operationId".into(), json!("predict_unversioned"));
+        }
+        paths.insert(PREDICT_ALIAS.into(), alias);
+    }
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else { continue };
+        for (method, operation) in item.iter_mut() {
+            let Some(operation) = operation.as_object_mut() else {
+                continue;
+            };
+            name_examples(operation, info);
+            let responses = operation
+                .entry("responses")
+                .or_insert_with(|| json!({}))
+                .as_object_mut();
+            if let Some(responses) = responses {
+                add_layer_responses(responses, path, method == "post");
+            }
+        }
+    }
+    Ok(doc)
 }
 
-fn json_ok(schema: Value) -> Value {
-    json!({"description": "OK", "content": {"application/json": {"schema": schema}}})
+/// The served model's name and version as the examples of the `{name}` and `{version}` path
+/// parameters, which a client can then try as they are.
+fn name_examples(operation: &mut Map<String, Value>, info: &ModelInfo) {
+    let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for parameter in parameters.iter_mut().filter_map(Value::as_object_mut) {
+        let example = match (
+            parameter.get("in").and_then(Value::as_str),
+            parameter.get("name").and_then(Value::as_str),
+        ) {
+            (Some("path"), Some("name")) => &info.name,
+            (Some("path"), Some("version")) => &info.version,
+            _ => continue,
+        };
+        parameter.insert("example".into(), json!(example));
+    }
 }
 
-fn with_errors(ok: Value, codes: &[&str]) -> Value {
-    with_errors_as(ok, codes, "Error")
-}
-
-/// The Open Inference Protocol's routes answer its own error shape.
-fn with_v2_errors(ok: Value, codes: &[&str]) -> Value {
-    with_errors_as(ok, codes, "V2Error")
-}
-
-fn with_errors_as(ok: Value, codes: &[&str], schema: &str) -> Value {
-    let mut responses = error_responses(codes, schema);
-    if let Some(map) = responses.as_object_mut() {
-        map.insert("200".into(), ok);
+/// What the router and its layers answer on a route besides its handler ([`super::router`]):
+/// every path answers another method with 405 and, once shutdown's grace period is over, 503
+/// ([`super::Drain`]); the prediction routes (every `POST`) are behind the guard, whose load
+/// shedding and deadline answer 503 and 504, and they share the model's queue and the internal
+/// errors of decoding and running the model. `(status, description)` for a route, guarded or not.
+fn layer_responses(guarded: bool) -> Vec<(&'static str, &'static str)> {
+    let mut responses = vec![("405", "The path does not answer this method (`method_not_allowed`)")];
+    if guarded {
+        responses.extend([
+            (
+                "503",
+                "The server is at its limit of requests in flight (`overloaded`), the model's queue \
+                 is full (`queue_full`), its batch workers have stopped (`not_ready`), or it is \
+                 shutting down (`shutting_down`)",
+            ),
+            (
+                "504",
+                "The request was not answered within the server's deadline (`deadline_exceeded`)",
+            ),
+            (
+                "500",
+                "An internal error; the server's log has its cause under the request id (`internal`)",
+            ),
+        ]);
+    } else {
+        responses.push(("503", "The server is shutting down (`shutting_down`)"));
     }
     responses
 }
 
-/// The document for the served model.
-pub fn document(info: &ModelInfo) -> Value {
-    let predict = json!({
-        "summary": "Classify one image or a batch",
-        "parameters": [{"name": "top_k", "in": "query", "required": false,
-                        "schema": {"type": "integer", "minimum": 1, "default": 5},
-                        "description": "classes per image (more than the model has gives them all)"},
-                       {"name": "input_image", "in": "query", "required": false,
-                        "schema": {"type": "boolean", "default": false},
-                        "description": "also answer each image as the model saw it (resized to its input), a PNG data URL"}],
-        "requestBody": {"required": true, "content": {
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                "properties": {"file": {"type": "string", "format": "binary"}}}},
-            "application/json": {"schema": {"$ref": "#/components/schemas/PredictJson"}}
-        }},
-        "responses": with_errors(json_ok(json!({"$ref": "#/components/schemas/PredictResponse"})),
-                                 &["400", "413", "415", "422"])
-    });
-    let name_param = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"},
-                             "example": info.name}]);
-    let version_params = json!([
-        {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "example": info.name},
-        {"name": "version", "in": "path", "required": true, "schema": {"type": "string"}, "example": info.version}]);
-    let infer_body = json!({"required": true, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/V2InferRequest"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
-            "description": "the binary tensor data extension: the JSON request (its length in the Inference-Header-Content-Length header), then each input's bytes"}}});
-    let infer_ok = json!({"description": "OK", "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/V2InferResponse"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
-            "description": "binary outputs: the JSON response (its length in the Inference-Header-Content-Length header), then each binary output's bytes"}}});
-    let infer_errors = ["400", "404", "413", "415", "422"];
-    let infer = |params: &Value| {
-        json!({"post": {
-        "summary": format!("V2 inference: {} (FP32 NCHW) or {} (BYTES, encoded images) in, logits or classes out",
-                           info.input_name, super::v2::image_input_name(info)),
-        "parameters": params,
-        "requestBody": infer_body,
-        "responses": with_v2_errors(infer_ok.clone(), &infer_errors)}})
-    };
-    let v2_get = |summary: &str, params: &Value| {
-        json!({"get": {"summary": summary, "parameters": params,
-        "responses": with_v2_errors(json_ok(json!({"type": "object"})), &["404"])}})
-    };
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "infer: image classification", "version": env!("CARGO_PKG_VERSION"),
-                 "description": format!("Serves {} ({} classes, {}x{} RGB input).",
-                                        info.name, info.num_classes(), info.input_height, info.input_width)},
-        "paths": {
-            "/": {"get": {"summary": "A page for people: choose, drop, paste or photograph an image and see its classes",
-                "responses": {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
-            "/v1/predict": {"post": predict.clone()},
-            "/predict": {"post": predict},
-            "/v1/model": {"get": {"summary": "The served model's metadata", "responses": {"200": json_ok(json!({"type": "object"}))}}},
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": json_ok(json!({"type": "object"}))}}},
-            "/readyz": {"get": {"summary": "Readiness (the model is loaded and warmed up)", "responses": {"200": json_ok(json!({"type": "object"}))}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": json_ok(json!({"type": "object"}))}}},
-            "/v2": {"get": {"summary": "V2 server metadata", "responses": {"200": json_ok(json!({"type": "object"}))}}},
-            "/v2/health/live": {"get": {"summary": "V2 liveness", "responses": {"200": json_ok(json!({"type": "object"}))}}},
-            "/v2/health/ready": {"get": {"summary": "V2 readiness", "responses": {"200": json_ok(json!({"type": "object"}))}}},
-            "/v2/models/{name}": v2_get("V2 model metadata", &name_param),
-            "/v2/models/{name}/ready": v2_get("V2 model readiness", &name_param),
-            "/v2/models/{name}/infer": infer(&name_param),
-            "/v2/models/{name}/versions/{version}": v2_get("V2 model metadata of one version", &version_params),
-            "/v2/models/{name}/versions/{version}/ready": v2_get("V2 readiness of one model version", &version_params),
-            "/v2/models/{name}/versions/{version}/infer": infer(&version_params)
-        },
-        "components": {"schemas": {
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
-                "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
-            "PredictJson": {"type": "object", "properties": {
-                "image": {"type": "string", "contentEncoding": "base64"},
-                "images": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}}}},
-            "Scored": {"type": "object", "properties": {"label": {"type": "string"}, "class_id": {"type": "integer"},
-                "probability": {"type": "number"}}},
-            "PredictResponse": {"type": "object", "properties": {
-                "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
-                "predictions": {"type": "array", "items": {"type": "object", "properties": {
-                    "label": {"type": "string"}, "class_id": {"type": "integer"}, "probability": {"type": "number"},
-                    "top_k": {"type": "array", "items": {"$ref": "#/components/schemas/Scored"}}}}},
-                "timing": {"type": "object", "properties": {"preprocess_ms": {"type": "number"},
-                    "inference_ms": {"type": "number"}, "total_ms": {"type": "number"}}}}},
-            "V2Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-            "V2Tensor": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-                "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-                "datatype": {"type": "string", "enum": ["FP32", "BYTES"]},
-                "data": {"type": "array", "description": "row-major numbers; BYTES: base64 strings of encoded images"},
-                "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer"}}}}},
-            "V2RequestedOutput": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"},
-                "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"},
-                    "classification": {"type": "integer", "description": "answer the top classes as \"<logit>:<index>:<label>\" strings"}}}}},
-            "V2InferRequest": {"type": "object", "required": ["inputs"], "properties": {"id": {"type": "string"},
-                "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
-                "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}},
-                "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2RequestedOutput"}}}},
-            "V2InferResponse": {"type": "object", "properties": {"model_name": {"type": "string"},
-                "model_version": {"type": "string"}, "id": {"type": "string"},
-                "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}}}}
-        }}
-    })
+fn add_layer_responses(responses: &mut Map<String, Value>, path: &str, guarded: bool) {
+    let schema = if is_v2_path(path) { "V2ErrorBody" } else { "ErrorBody" };
+    for (status, description) in layer_responses(guarded) {
+        let mut response = json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}},
+        });
+        if status == "503" {
+            response["headers"] = json!({"Retry-After": {
+                "description": "Seconds after which the same request may succeed (not on `not_ready`)",
+                "schema": {"type": "integer"},
+            }});
+        }
+        match responses.get_mut(status).and_then(Value::as_object_mut) {
+            // The handler's own answer with this status comes first.
+            Some(declared) => {
+                let own = declared.get("description").and_then(Value::as_str).unwrap_or_default();
+                let mut layer = description.chars();
+                let first = layer.next().map(|c| c.to_lowercase().to_string()).unwrap_or_default();
+                let both = format!("{own}; or {first}{}", layer.as_str());
+                declared.insert("description".into(), json!(both));
+            }
+            None => {
+                responses.insert(status.into(), response);
+            }
+        }
+    }
 }

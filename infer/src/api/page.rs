@@ -9,6 +9,10 @@ use axum::response::{IntoResponse, Response};
 
 const PAGE: &str = include_str!("page.html");
 
+/// A page for people: choose, drop, paste or photograph an image and see its classes
+#[utoipa::path(get, path = "/", responses(
+    (status = 200, description = "The page", body = String, content_type = "text/html"),
+))]
 pub(super) async fn page() -> Response {
     let mut response = PAGE.into_response();
     let headers = response.headers_mut();

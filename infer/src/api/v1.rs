@@ -10,25 +10,48 @@ use axum::{Extension, Json};
 use base64::Engine as _;
 use image::{ImageFormat, RgbImage};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, RequestId, Shared, media_type, preprocess_images, read_body, run_model, too_many_images};
+use super::{
+    ApiError, ErrorBody, RequestId, Shared, media_type, preprocess_images, read_body, run_model, too_many_images,
+};
 use crate::scores::{Scored, top_k};
 
-#[derive(Debug, Deserialize)]
+// Read as text and parsed by hand, so that a bad value is answered with our message naming it;
+// the document gives the types the text must parse as.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PredictQuery {
+    /// Classes per image (more than the model has gives them all).
+    #[param(value_type = Option<u32>, minimum = 1, default = json!(DEFAULT_TOP_K))]
     top_k: Option<String>,
     /// Also answer each image as the model saw it (resized to its input), as a PNG data URL.
+    #[param(value_type = Option<bool>, default = false)]
     input_image: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One image or a batch, base64 (with or without padding, or as a `data:image/...;base64,` URL).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PredictJson {
+    #[schema(content_encoding = "base64")]
     image: Option<String>,
     images: Option<Vec<String>>,
 }
 
-#[derive(Debug, Serialize)]
+/// A `multipart/form-data` body: one image in each field named `file` (or `files`); other fields
+/// are ignored.
+#[derive(ToSchema)]
+#[expect(
+    dead_code,
+    reason = "it describes the form, which is read field by field as it streams in"
+)]
+struct PredictForm {
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Prediction {
     pub label: String,
     pub class_id: usize,
@@ -39,13 +62,13 @@ pub struct Prediction {
     pub input_image: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelRef {
     pub name: String,
     pub version: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Timing {
     /// Reading the body, decoding and preprocessing.
     pub preprocess_ms: f64,
@@ -54,7 +77,7 @@ pub struct Timing {
     pub total_ms: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PredictResponse {
     pub model: ModelRef,
     pub predictions: Vec<Prediction>,
@@ -179,6 +202,28 @@ fn multipart_error(err: &axum::extract::multipart::MultipartError, state: &Share
     }
 }
 
+/// Classify one image or a batch
+///
+/// The image is the body (`image/*` or `application/octet-stream`), each `file` field of a
+/// multipart form, or base64 in JSON (`image`, or `images` for a batch).
+#[utoipa::path(
+    post,
+    path = "/v1/predict",
+    params(PredictQuery),
+    request_body(content(
+        ("image/*"),
+        ("application/octet-stream"),
+        (PredictForm = "multipart/form-data"),
+        (PredictJson = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "The most probable classes of each image, in the request's order", body = PredictResponse),
+        (status = 400, description = "The body, its JSON, base64 or form, or an image is malformed", body = ErrorBody),
+        (status = 413, description = "The body or an image's pixels are over the limit", body = ErrorBody),
+        (status = 415, description = "A Content-Type or image format that is not accepted", body = ErrorBody),
+        (status = 422, description = "A bad parameter, too many images, or none", body = ErrorBody),
+    ),
+)]
 pub(super) async fn predict(
     State(state): State<Shared>,
     Extension(id): Extension<RequestId>,

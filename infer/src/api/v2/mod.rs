@@ -13,10 +13,10 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, RequestId, Shared, V2Error, media_type, preprocess_images, read_body, run_model};
+use super::{ApiError, RequestId, Shared, V2Error, V2ErrorBody, media_type, preprocess_images, read_body, run_model};
 use crate::model::ModelInfo;
 use tensors::{InputTensor, Param, Parameters, bytes_elements_binary, bytes_input, fp32_input};
 
@@ -36,23 +36,107 @@ pub fn image_input_name(info: &ModelInfo) -> &'static str {
     }
 }
 
-pub(super) async fn server() -> Json<Value> {
-    Json(json!({"name": "infer", "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS}))
+/// A tensor's element type: the model's input and output are `FP32`; encoded images and
+/// classification strings are `BYTES`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub(super) enum Datatype {
+    #[serde(rename = "FP32")]
+    Fp32,
+    #[serde(rename = "BYTES")]
+    Bytes,
 }
 
-pub(super) async fn live() -> Json<Value> {
-    Json(json!({"live": true}))
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ServerMetadata {
+    name: &'static str,
+    version: &'static str,
+    /// The protocol extensions this server implements.
+    extensions: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Live {
+    live: bool,
+}
+
+/// The server's or a model's readiness.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct V2Readiness {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    ready: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ModelMetadata {
+    name: String,
+    versions: Vec<String>,
+    platform: &'static str,
+    inputs: Vec<TensorMetadata>,
+    outputs: Vec<TensorMetadata>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TensorMetadata {
+    name: String,
+    datatype: Datatype,
+    /// -1 where any size is taken (the batch).
+    shape: Vec<i64>,
+}
+
+/// `{name}` in a model's routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct ModelPath {
+    /// The served model's name.
+    name: String,
+}
+
+/// `{name}` and `{version}` in a model version's routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct VersionPath {
+    /// The served model's name.
+    name: String,
+    /// Its one version.
+    version: String,
+}
+
+/// Server metadata
+#[utoipa::path(get, path = "/v2", responses(
+    (status = 200, description = "The server and the protocol extensions it implements", body = ServerMetadata),
+))]
+pub(super) async fn server() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "infer",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: EXTENSIONS.to_vec(),
+    })
+}
+
+/// Liveness
+#[utoipa::path(get, path = "/v2/health/live", responses(
+    (status = 200, description = "The process answers", body = Live),
+))]
+pub(super) async fn live() -> Json<Live> {
+    Json(Live { live: true })
 }
 
 /// The protocol answers health with the status: 200 for true, a 4xx for false.
-fn health(ready: bool, mut body: Value) -> Response {
-    body["ready"] = json!(ready);
+fn health(ready: bool, name: Option<String>, version: Option<String>) -> Response {
     let status = if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST };
-    (status, Json(body)).into_response()
+    (status, Json(V2Readiness { name, version, ready })).into_response()
 }
 
+/// Readiness
+#[utoipa::path(get, path = "/v2/health/ready", responses(
+    (status = 200, description = "The model can be run", body = V2Readiness),
+    (status = 400, description = "The model's batch workers have stopped: `ready` is false", body = V2Readiness),
+))]
 pub(super) async fn ready(State(state): State<Shared>) -> Response {
-    health(state.ready(), json!({}))
+    health(state.ready(), None, None)
 }
 
 fn known_model<'a>(state: &'a Shared, name: &str, version: Option<&str>) -> Result<&'a ModelInfo, V2Error> {
@@ -79,82 +163,198 @@ fn known_model<'a>(state: &'a Shared, name: &str, version: Option<&str>) -> Resu
     }
 }
 
-fn metadata(info: &ModelInfo) -> Value {
-    json!({
-        "name": info.name,
-        "versions": [info.version],
-        "platform": "onnxruntime_onnx",
+fn metadata(info: &ModelInfo) -> ModelMetadata {
+    let (height, width) = (i64::from(info.input_height), i64::from(info.input_width));
+    ModelMetadata {
+        name: info.name.clone(),
+        versions: vec![info.version.clone()],
+        platform: "onnxruntime_onnx",
         // The one input a request carries. A request may carry encoded images as a `BYTES`
         // input instead (`image_input_name`, documented in the README and the OpenAPI document):
         // listing both here would tell a client that builds its request from this to send both.
-        "inputs": [
-            {"name": info.input_name, "datatype": "FP32", "shape": [-1, 3, info.input_height, info.input_width]},
-        ],
-        "outputs": [{"name": info.output_name, "datatype": "FP32", "shape": [-1, info.num_classes()]}],
-    })
+        inputs: vec![TensorMetadata {
+            name: info.input_name.clone(),
+            datatype: Datatype::Fp32,
+            shape: vec![-1, 3, height, width],
+        }],
+        outputs: vec![TensorMetadata {
+            name: info.output_name.clone(),
+            datatype: Datatype::Fp32,
+            shape: vec![-1, i64::try_from(info.num_classes()).unwrap_or(i64::MAX)],
+        }],
+    }
 }
 
-pub(super) async fn model(State(state): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, V2Error> {
+/// Model metadata
+#[utoipa::path(get, path = "/v2/models/{name}", params(ModelPath), responses(
+    (status = 200, description = "The model's input and output tensors", body = ModelMetadata),
+    (status = 404, description = "No such model", body = V2ErrorBody),
+))]
+pub(super) async fn model(
+    State(state): State<Shared>,
+    Path(ModelPath { name }): Path<ModelPath>,
+) -> Result<Json<ModelMetadata>, V2Error> {
     Ok(Json(metadata(known_model(&state, &name, None)?)))
 }
 
+/// Model metadata of one version
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", params(VersionPath), responses(
+    (status = 200, description = "The model's input and output tensors", body = ModelMetadata),
+    (status = 404, description = "No such model or version", body = V2ErrorBody),
+))]
 pub(super) async fn model_version(
     State(state): State<Shared>,
-    Path((name, version)): Path<(String, String)>,
-) -> Result<Json<Value>, V2Error> {
+    Path(VersionPath { name, version }): Path<VersionPath>,
+) -> Result<Json<ModelMetadata>, V2Error> {
     Ok(Json(metadata(known_model(&state, &name, Some(&version))?)))
 }
 
-pub(super) async fn model_ready(State(state): State<Shared>, Path(name): Path<String>) -> Result<Response, V2Error> {
+/// Model readiness
+#[utoipa::path(get, path = "/v2/models/{name}/ready", params(ModelPath), responses(
+    (status = 200, description = "The model can be run", body = V2Readiness),
+    (status = 400, description = "The model's batch workers have stopped: `ready` is false", body = V2Readiness),
+    (status = 404, description = "No such model", body = V2ErrorBody),
+))]
+pub(super) async fn model_ready(
+    State(state): State<Shared>,
+    Path(ModelPath { name }): Path<ModelPath>,
+) -> Result<Response, V2Error> {
     let info = known_model(&state, &name, None)?;
-    Ok(health(state.ready(), json!({"name": info.name})))
+    Ok(health(state.ready(), Some(info.name.clone()), None))
 }
 
+/// Readiness of one model version
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", params(VersionPath), responses(
+    (status = 200, description = "The model can be run", body = V2Readiness),
+    (status = 400, description = "The model's batch workers have stopped: `ready` is false", body = V2Readiness),
+    (status = 404, description = "No such model or version", body = V2ErrorBody),
+))]
 pub(super) async fn model_version_ready(
     State(state): State<Shared>,
-    Path((name, version)): Path<(String, String)>,
+    Path(VersionPath { name, version }): Path<VersionPath>,
 ) -> Result<Response, V2Error> {
     let info = known_model(&state, &name, Some(&version))?;
     Ok(health(
         state.ready(),
-        json!({"name": info.name, "version": info.version}),
+        Some(info.name.clone()),
+        Some(info.version.clone()),
     ))
 }
 
+/// Inference
+///
+/// The model takes one input: its own FP32 NCHW tensor, or a `BYTES` tensor of encoded images
+/// (decoded as `/v1/predict` decodes them); the document's description names both for the
+/// served model. An output may ask for the classification extension's
+/// `"<logit>:<index>:<label>"` strings. With the binary tensor data extension the body is
+/// `application/octet-stream`: the JSON request (its length in the
+/// `Inference-Header-Content-Length` header), then each binary input's bytes; binary outputs
+/// are answered the same way.
+#[utoipa::path(post, path = "/v2/models/{name}/infer", params(ModelPath),
+    request_body(content((InferRequest = "application/json"), ("application/octet-stream"))),
+    responses(
+        (status = 200, description = "The outputs", content((InferResponse = "application/json"), ("application/octet-stream")),
+            headers(("Inference-Header-Content-Length" = usize, description = "With binary outputs: the length of the JSON before them"))),
+        (status = 400, description = "The JSON, a header or the binary part is malformed", body = V2ErrorBody),
+        (status = 404, description = "No such model", body = V2ErrorBody),
+        (status = 413, description = "The body or an image's pixels are over the limit", body = V2ErrorBody),
+        (status = 415, description = "A Content-Type, Content-Encoding or image format that is not accepted", body = V2ErrorBody),
+        (status = 422, description = "A tensor that the model cannot take, or an unknown input, output or parameter", body = V2ErrorBody),
+    ),
+)]
 pub(super) async fn infer(
     State(state): State<Shared>,
     Extension(id): Extension<RequestId>,
-    Path(name): Path<String>,
+    Path(ModelPath { name }): Path<ModelPath>,
     req: Request,
 ) -> Result<Response, V2Error> {
     known_model(&state, &name, None)?;
     Ok(run(&state, &id, req).await?)
 }
 
+/// Inference with one model version
+///
+/// As `/v2/models/{name}/infer`.
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", params(VersionPath),
+    request_body(content((InferRequest = "application/json"), ("application/octet-stream"))),
+    responses(
+        (status = 200, description = "The outputs", content((InferResponse = "application/json"), ("application/octet-stream")),
+            headers(("Inference-Header-Content-Length" = usize, description = "With binary outputs: the length of the JSON before them"))),
+        (status = 400, description = "The JSON, a header or the binary part is malformed", body = V2ErrorBody),
+        (status = 404, description = "No such model or version", body = V2ErrorBody),
+        (status = 413, description = "The body or an image's pixels are over the limit", body = V2ErrorBody),
+        (status = 415, description = "A Content-Type, Content-Encoding or image format that is not accepted", body = V2ErrorBody),
+        (status = 422, description = "A tensor that the model cannot take, or an unknown input, output or parameter", body = V2ErrorBody),
+    ),
+)]
 pub(super) async fn infer_version(
     State(state): State<Shared>,
     Extension(id): Extension<RequestId>,
-    Path((name, version)): Path<(String, String)>,
+    Path(VersionPath { name, version }): Path<VersionPath>,
     req: Request,
 ) -> Result<Response, V2Error> {
     known_model(&state, &name, Some(&version))?;
     Ok(run(&state, &id, req).await?)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct InferRequest {
+    /// Echoed in the response.
     id: Option<String>,
+    /// `binary_data_output` (boolean): every output in binary unless the output says otherwise.
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Parameters,
+    /// Exactly one.
     inputs: Vec<InputTensor>,
+    /// The model's one output, as the default answers it when none is asked for.
     outputs: Option<Vec<RequestedOutput>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct RequestedOutput {
     name: String,
+    /// `binary_data` (boolean): this output in binary; `classification` (integer): the top
+    /// classes as `"<logit>:<index>:<label>"` strings instead of the logits.
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Parameters,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct InferResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    model_name: String,
+    model_version: String,
+    outputs: Vec<OutputTensor>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct OutputTensor {
+    /// Row-major; absent when the output is answered in binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<OutputData>,
+    datatype: Datatype,
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryData>,
+    shape: Vec<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+enum OutputData {
+    /// `FP32` logits.
+    Numbers(Vec<f64>),
+    /// `BYTES` classification strings.
+    Strings(Vec<String>),
+}
+
+/// Where the output's bytes are in the binary part of the reply.
+#[derive(Debug, Serialize, ToSchema)]
+struct BinaryData {
+    binary_data_size: usize,
 }
 
 /// A boolean parameter; `default` when absent.
@@ -235,7 +435,7 @@ async fn run(state: &Shared, id: &RequestId, req: Request) -> Result<Response, A
         }
     };
     let logits = run_model(state, id, input, n).await?;
-    respond(info, &request, &logits)
+    respond(id, info, &request, &logits)
 }
 
 /// What a request's one input tensor holds.
@@ -356,17 +556,28 @@ fn output_specs(info: &ModelInfo, request: &InferRequest) -> Result<Vec<OutputSp
         .collect()
 }
 
-fn respond(info: &ModelInfo, request: &InferRequest, logits: &[Vec<f32>]) -> Result<Response, ApiError> {
+fn respond(
+    id: &RequestId,
+    info: &ModelInfo,
+    request: &InferRequest,
+    logits: &[Vec<f32>],
+) -> Result<Response, ApiError> {
     let n = logits.len();
     let mut outputs = Vec::new();
     let mut binary = Vec::new();
     for spec in output_specs(info, request)? {
-        let mut tensor = json!({"name": info.output_name});
-        let (datatype, shape, json_data, bytes) = match spec.classes {
+        let (datatype, shape, data, bytes) = match spec.classes {
             None => {
                 let flat: Vec<f32> = logits.iter().flatten().copied().collect();
                 let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
-                ("FP32", json!([n, info.num_classes()]), json!(flat), bytes)
+                // As f64, each f32's exact value, which is what JSON has always carried.
+                let numbers = flat.into_iter().map(f64::from).collect();
+                (
+                    Datatype::Fp32,
+                    vec![n, info.num_classes()],
+                    OutputData::Numbers(numbers),
+                    bytes,
+                )
             }
             Some(k) => {
                 // The classification extension: "<value>:<index>:<label>", highest value first.
@@ -386,27 +597,34 @@ fn respond(info: &ModelInfo, request: &InferRequest, logits: &[Vec<f32>]) -> Res
                     })
                     .collect();
                 let bytes = bytes_elements_binary(strings.iter().map(String::as_bytes));
-                ("BYTES", json!([n, k]), json!(strings), bytes)
+                (Datatype::Bytes, vec![n, k], OutputData::Strings(strings), bytes)
             }
         };
-        tensor["datatype"] = json!(datatype);
-        tensor["shape"] = shape;
-        if spec.binary {
-            tensor["parameters"] = json!({"binary_data_size": bytes.len()});
+        let (data, parameters) = if spec.binary {
+            let size = bytes.len();
             binary.extend(bytes);
+            (None, Some(BinaryData { binary_data_size: size }))
         } else {
-            tensor["data"] = json_data;
-        }
-        outputs.push(tensor);
+            (Some(data), None)
+        };
+        outputs.push(OutputTensor {
+            data,
+            datatype,
+            name: info.output_name.clone(),
+            parameters,
+            shape,
+        });
     }
-    let mut reply = json!({"model_name": info.name, "model_version": info.version, "outputs": outputs});
-    if let Some(id) = &request.id {
-        reply["id"] = json!(id);
-    }
+    let reply = InferResponse {
+        id: request.id.clone(),
+        model_name: info.name.clone(),
+        model_version: info.version.clone(),
+        outputs,
+    };
     if binary.is_empty() {
         return Ok(Json(reply).into_response());
     }
-    let mut body = reply.to_string().into_bytes();
+    let mut body = serde_json::to_vec(&reply).map_err(|e| ApiError::internal(id, format!("writing the reply: {e}")))?;
     let header_len = body.len();
     body.extend(binary);
     let mut response = body.into_response();

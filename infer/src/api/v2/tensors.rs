@@ -19,18 +19,25 @@ use std::fmt;
 use axum::body::Bytes;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use utoipa::ToSchema;
 
 use crate::api::v1::decode_base64;
 use crate::api::{ApiError, Shared, too_many_images};
 use crate::model::ModelInfo;
 
-#[derive(Debug, Deserialize)]
+/// The model's `FP32` input, `[N, 3, H, W]`, or encoded images, `BYTES` `[N]`.
+#[derive(Debug, Deserialize, ToSchema)]
 pub(super) struct InputTensor {
     pub name: String,
     pub shape: Vec<i64>,
+    #[schema(example = "FP32")]
     pub datatype: String,
+    /// `binary_data_size` (integer): the tensor's bytes follow the JSON instead of `data`.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub parameters: Parameters,
+    /// Row-major numbers, flat or nested as the shape; for `BYTES`, base64 strings.
+    #[schema(value_type = Option<Vec<Value>>)]
     pub data: Option<TensorData>,
 }
 
