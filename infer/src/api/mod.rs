@@ -27,7 +27,7 @@ use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::handler::Handler;
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
@@ -39,9 +39,11 @@ use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::timeout::TimeoutLayer;
-use tracing::Instrument;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::batch::{Engine, EngineError};
+use crate::logging::millis;
 use crate::metrics::Metrics;
 use crate::model::ModelInfo;
 use crate::preprocess::{BoundedError, DecodeLimits, Normalisation, Preprocessed, preprocess_bounded};
@@ -220,6 +222,9 @@ pub fn routes() -> Vec<Route> {
 /// The router with every route, error class, metrics and request-id logging; the prediction
 /// routes (every `POST`) behind the guard: load shedding, a concurrency limit that all of them
 /// share, and the deadline, as tower layers whose errors become the error JSON ([`guard_error`]).
+/// Around every route: the request id (tower-http's, made by [`NextId`] when the client sent
+/// none that [`settle_request_id`] kept, and echoed on the reply), a span with it around every
+/// log line and one `done` line per request (tower-http's `TraceLayer`), and the metrics.
 pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.limits.max_body;
     let (deadline, max_in_flight) = (state.limits.deadline, state.limits.max_in_flight.max(1));
@@ -238,12 +243,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         };
         router = router.route(route.path, handler);
     }
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(request_span)
+        .on_request(())
+        .on_response(|response: &Response, latency: Duration, _: &tracing::Span| {
+            tracing::info!(status = response.status().as_u16(), ms = millis(latency), "done");
+        })
+        .on_body_chunk(())
+        .on_eos(())
+        // A 5xx is already logged by whoever made it (internal errors under the request id);
+        // one more line per shed request would flood the log exactly when the server is busiest.
+        .on_failure(());
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), drain))
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::map_request(settle_request_id))
+                .layer(SetRequestIdLayer::new(X_REQUEST_ID, NextId))
+                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+                .layer(trace)
+                .layer(middleware::from_fn_with_state(Arc::clone(&state), record_metrics))
+                .layer(middleware::from_fn_with_state(Arc::clone(&state), drain))
+                .layer(DefaultBodyLimit::max(max_body)),
+        )
         .with_state(state)
 }
 
@@ -287,46 +310,61 @@ async fn drain(State(state): State<Shared>, req: Request, next: Next) -> Respons
     }
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The request id: Lambda's, the client's `x-request-id`, or a new one.
-fn request_id(req: &Request) -> String {
-    if let Some(ctx) = req.extensions().get::<lambda_http::Context>() {
-        return ctx.request_id.clone();
-    }
-    if let Some(id) = req.headers().get("x-request-id").and_then(|v| v.to_str().ok())
-        && !id.is_empty()
-        && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_graphic())
+/// Under Lambda, its request id, which its own log lines carry too; elsewhere the client's
+/// `x-request-id` if it is fit for a log line (1 to 128 visible ASCII characters), or none, so
+/// that [`NextId`] makes one.
+async fn settle_request_id(mut req: Request) -> Request {
+    let lambda = req
+        .extensions()
+        .get::<lambda_http::Context>()
+        .and_then(|ctx| HeaderValue::from_str(&ctx.request_id).ok());
+    let headers = req.headers_mut();
+    if let Some(id) = lambda {
+        headers.insert(X_REQUEST_ID, id);
+    } else if headers
+        .get(X_REQUEST_ID)
+        .is_some_and(|id| id.is_empty() || id.len() > 128 || !id.as_bytes().iter().all(u8::is_ascii_graphic))
     {
-        return id.to_owned();
+        headers.remove(X_REQUEST_ID);
     }
-    format!("{:x}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    req
 }
 
-/// Request id span around every log line, `x-request-id` on the reply, metrics.
-async fn observe(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new request id: the process id and a counter, unique among the processes of a host and
+/// short in a log line.
+#[derive(Debug, Clone, Copy)]
+struct NextId;
+
+impl MakeRequestId for NextId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<tower_http::request_id::RequestId> {
+        let id = format!("{:x}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        HeaderValue::from_str(&id)
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
+}
+
+/// The span around every log line of a request.
+fn request_span(req: &Request) -> tracing::Span {
+    let id = RequestId::of(req.extensions());
+    tracing::info_span!("request", id = %id.0, method = %req.method(), path = %req.uri().path())
+}
+
+async fn record_metrics(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let id = request_id(&req);
     let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let span = tracing::info_span!("request", id = %id, method = %method, path = %req.uri().path());
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(req).instrument(span.clone()).await;
-    let elapsed = start.elapsed();
-    let status = response.status();
-    span.in_scope(|| {
-        tracing::info!(status = status.as_u16(), ms = elapsed.as_secs_f64() * 1e3, "done");
-    });
+    let response = next.run(req).await;
     state
         .metrics
-        .record_request(method.as_str(), &route, status.as_u16(), elapsed);
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
+        .record_request(method.as_str(), &route, response.status().as_u16(), start.elapsed());
     response
 }
 

@@ -8,11 +8,11 @@
 
 mod tensors;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -123,7 +123,7 @@ pub(super) async fn model_version_ready(
 
 pub(super) async fn infer(
     State(state): State<Shared>,
-    Extension(id): Extension<RequestId>,
+    id: RequestId,
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, V2Error> {
@@ -133,7 +133,7 @@ pub(super) async fn infer(
 
 pub(super) async fn infer_version(
     State(state): State<Shared>,
-    Extension(id): Extension<RequestId>,
+    id: RequestId,
     Path((name, version)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, V2Error> {
