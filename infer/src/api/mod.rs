@@ -5,10 +5,10 @@
 //! names its class, except on `/v2`, which answers its protocol's `{"error": "<message>"}`
 //! (`error`). The routes live in one table ([`routes`]).
 //!
-//! The prediction routes are bounded by tower layers ([`guard`]): at most `max_in_flight`
-//! requests at once (one more is shed at once with 503 and `Retry-After`), each answered within
-//! `deadline` (504 after it), whatever part of the work it was in: reading the body, waiting to
-//! decode, decoding, or waiting for the model. The model's queue is bounded too (503 when full,
+//! The prediction routes are bounded ([`router`]): at most `max_in_flight` requests at once (one
+//! more waits up to `admission_wait` for a place, then is shed with 503 and `Retry-After`), each
+//! answered within `deadline` (504 after it), whatever part of the work it was in: waiting for a
+//! place, reading the body, waiting to decode, decoding, or waiting for the model. The model's queue is bounded too (503 when full,
 //! [`crate::batch`]), and when shutdown's grace period runs out every request still in flight is
 //! answered 503 ([`Drain`]).
 
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use axum::BoxError;
 use axum::body::Bytes;
+use axum::body::HttpBody as _;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::handler::Handler;
@@ -36,8 +37,6 @@ use image::RgbImage;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
 use tower::timeout::TimeoutLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -67,9 +66,14 @@ pub struct Limits {
     /// `decode.max_alloc` bytes, so this, not the number of connections, bounds decoding memory;
     /// decoding is CPU-bound, so more than one per CPU adds memory and no throughput.
     pub max_decoding: usize,
-    /// Prediction requests handled at once; one more is answered 503 at once. Each may hold a
-    /// body of up to `max_body` bytes, so this bounds the memory that bodies take.
+    /// Prediction requests handled at once; one more waits up to `admission_wait` for a place,
+    /// then is answered 503. Each may hold a body of up to `max_body` bytes, so this bounds the
+    /// memory that bodies take; a request waiting for a place holds none of its body.
     pub max_in_flight: usize,
+    /// How long a request over `max_in_flight` waits for a place before it is shed; part of
+    /// its `deadline`. A client shed at once comes straight back, so under a flood the 503s
+    /// alone can take the CPU; a short wait bounds their rate to the waiting clients per wait.
+    pub admission_wait: Duration,
     /// Requests waiting for the model at once ([`crate::batch`]); one more is answered 503.
     pub max_queue: usize,
     /// How long a prediction request may take, from its first byte to its answer; 504 after.
@@ -79,6 +83,9 @@ pub struct Limits {
 /// The default `Limits::max_in_flight`: enough to keep the decoders and a batch busy on a small
 /// CPU; more only adds waiting (p99) and bodies held in memory (infer/BENCHMARKS.md, "Overload").
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+
+/// The default `Limits::admission_wait` (infer/BENCHMARKS.md, "Overload").
+pub const DEFAULT_ADMISSION_WAIT: Duration = Duration::from_millis(1000);
 
 /// The default `Limits::deadline`.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
@@ -91,6 +98,7 @@ impl Default for Limits {
             decode: DecodeLimits::default(),
             max_decoding: crate::model::default_threads(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            admission_wait: DEFAULT_ADMISSION_WAIT,
             max_queue: crate::batch::DEFAULT_MAX_QUEUE,
             deadline: DEFAULT_DEADLINE,
         }
@@ -220,21 +228,22 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// The router with every route, error class, metrics and request-id logging; the prediction
-/// routes (every `POST`) behind the guard: load shedding, a concurrency limit that all of them
-/// share, and the deadline, as tower layers whose errors become the error JSON ([`guard_error`]).
+/// routes (every `POST`) behind the guard: the deadline (tower's timeout, its error the error
+/// JSON: [`guard_error`]) around admission, a concurrency limit that all of them share with load
+/// shedding after a short wait ([`admit`]).
 /// Around every route: the request id (tower-http's, made by [`NextId`] when the client sent
 /// none that [`settle_request_id`] kept, and echoed on the reply), a span with it around every
 /// log line and one `done` line per request (tower-http's `TraceLayer`), and the metrics.
 pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.limits.max_body;
-    let (deadline, max_in_flight) = (state.limits.deadline, state.limits.max_in_flight.max(1));
+    let deadline = state.limits.deadline;
+    let admission = Admission::new(&state.limits);
     let guard = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(move |uri: Uri, err: BoxError| {
-            std::future::ready(guard_error(&uri, &err, deadline, max_in_flight))
+            std::future::ready(guard_error(&uri, &err, deadline))
         }))
-        .layer(LoadShedLayer::new())
-        .layer(GlobalConcurrencyLimitLayer::new(max_in_flight))
-        .layer(TimeoutLayer::new(deadline));
+        .layer(TimeoutLayer::new(deadline))
+        .layer(middleware::from_fn_with_state(admission, admit));
     let mut router = Router::new();
     for (route, handler) in table() {
         let handler = match route.verb {
@@ -271,13 +280,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// The error reply for what the guard's layers fail with.
-fn guard_error(uri: &Uri, err: &BoxError, deadline: Duration, max_in_flight: usize) -> Response {
-    let err = if err.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::unavailable(
-            "overloaded",
-            format!("the server is handling its limit of {max_in_flight} requests; try again shortly"),
-        )
-    } else if err.is::<tower::timeout::error::Elapsed>() {
+fn guard_error(uri: &Uri, err: &BoxError, deadline: Duration) -> Response {
+    let err = if err.is::<tower::timeout::error::Elapsed>() {
         ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "deadline_exceeded",
@@ -294,6 +298,82 @@ fn guard_error(uri: &Uri, err: &BoxError, deadline: Duration, max_in_flight: usi
         V2Error(err).into_response()
     } else {
         err.into_response()
+    }
+}
+
+/// The places for prediction requests ([`Limits::max_in_flight`]).
+#[derive(Debug, Clone)]
+struct Admission {
+    places: Arc<Semaphore>,
+    limit: usize,
+    wait: Duration,
+}
+
+impl Admission {
+    fn new(limits: &Limits) -> Self {
+        let limit = limits.max_in_flight.max(1);
+        Self {
+            places: Arc::new(Semaphore::new(limit)),
+            limit,
+            wait: limits.admission_wait,
+        }
+    }
+}
+
+/// Runs the request in one of the places, waiting up to `admission_wait` for one (first come,
+/// first served); sheds it with 503 if none came free.
+async fn admit(State(admission): State<Admission>, req: Request, next: Next) -> Response {
+    let place = match Arc::clone(&admission.places).try_acquire_owned() {
+        Ok(place) => Some(place),
+        Err(_) if admission.wait.is_zero() => None,
+        Err(_) => tokio::time::timeout(admission.wait, Arc::clone(&admission.places).acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok),
+    };
+    let Some(_place) = place else {
+        return shed(req, admission.limit).await;
+    };
+    next.run(req).await
+}
+
+/// A shed request's body is read and dropped when it is at most this long: hyper keeps a
+/// connection open only if the request's body was read to its end, and a new connection for
+/// every shed request costs both ends more than reading a few tens of kilobytes.
+const DISCARD_MAX: u64 = 64 * 1024;
+/// How long a shed request's body may take to arrive; a slower client loses its connection.
+const DISCARD_TIME: Duration = Duration::from_millis(100);
+
+async fn shed(req: Request, limit: usize) -> Response {
+    let v2 = is_v2(&req);
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|n| n <= DISCARD_MAX) {
+        let _ = tokio::time::timeout(DISCARD_TIME, discard(req.into_body(), DISCARD_MAX)).await;
+    }
+    let err = ApiError::unavailable(
+        "overloaded",
+        format!("the server is handling its limit of {limit} requests; try again shortly"),
+    );
+    if v2 {
+        V2Error(err).into_response()
+    } else {
+        err.into_response()
+    }
+}
+
+/// Reads `body` to its end, keeping none of it, unless it is longer than `max` bytes.
+async fn discard(mut body: axum::body::Body, max: u64) {
+    let mut left = max;
+    while let Some(Ok(frame)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+        let n = frame.data_ref().map_or(0, |data| data.len() as u64);
+        match left.checked_sub(n) {
+            Some(rest) => left = rest,
+            None => return,
+        }
     }
 }
 
