@@ -85,7 +85,7 @@ pub struct Limits {
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
 /// The default `Limits::admission_wait` (infer/BENCHMARKS.md, "Overload").
-pub const DEFAULT_ADMISSION_WAIT: Duration = Duration::from_millis(1000);
+pub const DEFAULT_ADMISSION_WAIT: Duration = Duration::from_millis(3000);
 
 /// The default `Limits::deadline`.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
