@@ -113,9 +113,15 @@ struct ServeArgs {
     #[arg(long, env = "INFER_BATCH_WAIT_MS", default_value_t = BatchConfig::default().max_wait.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(0..=MAX_BATCH_WAIT_MS))]
     batch_wait_ms: u64,
-    /// Prediction requests handled at once; one more is answered 503 with Retry-After.
+    /// Prediction requests handled at once; one more waits for a place (--admission-wait-ms),
+    /// then is answered 503 with Retry-After.
     #[arg(long, env = "INFER_MAX_IN_FLIGHT", default_value_t = NonZeroUsize::new(infer::api::DEFAULT_MAX_IN_FLIGHT).unwrap_or(NonZeroUsize::MIN))]
     max_in_flight: NonZeroUsize,
+    /// Milliseconds a prediction request over --max-in-flight waits for a place before it is
+    /// answered 503 (0: at once); part of its deadline.
+    #[arg(long, env = "INFER_ADMISSION_WAIT_MS", default_value_t = infer::api::DEFAULT_ADMISSION_WAIT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_DEADLINE_MS))]
+    admission_wait_ms: u64,
     /// Requests waiting for the model at once; one more is answered 503 with Retry-After.
     #[arg(long, env = "INFER_MAX_QUEUE", default_value_t = NonZeroUsize::new(infer::batch::DEFAULT_MAX_QUEUE).unwrap_or(NonZeroUsize::MIN))]
     max_queue: NonZeroUsize,
@@ -347,6 +353,7 @@ impl ServeArgs {
     fn limits(&self) -> Limits {
         Limits {
             max_in_flight: self.max_in_flight.get(),
+            admission_wait: Duration::from_millis(self.admission_wait_ms),
             max_queue: self.max_queue.get(),
             deadline: Duration::from_millis(self.deadline_ms),
             ..limits(
@@ -529,6 +536,7 @@ mod tests {
                 given.decode,
                 given.max_decoding,
                 given.max_in_flight,
+                given.admission_wait,
                 given.max_queue,
                 given.deadline
             ),
@@ -538,6 +546,7 @@ mod tests {
                 defaults.decode,
                 defaults.max_decoding,
                 defaults.max_in_flight,
+                defaults.admission_wait,
                 defaults.max_queue,
                 defaults.deadline
             )

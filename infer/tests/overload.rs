@@ -2,10 +2,14 @@
 //! `Retry-After`, a slow model hits the deadline (504), requests beyond the concurrency limit are
 //! shed (503), dead batch workers flip readiness and make the server return an error, invented
 //! methods add no metrics series, and a model with a fixed batch other than 1 is refused at load.
-//! The slow model is a real ONNX graph ([`infer::testing::slow`]), not a sleep.
+//! The slow model is a real ONNX graph ([`infer::testing::slow`]), not a sleep. Over a loopback
+//! socket (hyper, as `infer serve` runs it): a request over the limit waits for a place before it
+//! is shed, a shed request keeps its keep-alive connection, and every refusal is the error JSON.
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,6 +132,7 @@ async fn a_slow_model_hits_the_deadline_in_the_error_json() -> Result<()> {
 async fn requests_beyond_the_concurrency_limit_are_shed_at_once() -> Result<()> {
     let limits = Limits {
         max_in_flight: 1,
+        admission_wait: Duration::ZERO,
         deadline: Duration::from_secs(120),
         ..Limits::default()
     };
@@ -256,5 +261,202 @@ async fn a_model_fixed_to_batch_one_serves_several_images() -> Result<()> {
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(reply["predictions"][0]["label"], "red", "{reply}");
     assert_eq!(reply["predictions"][1]["label"], "blue", "{reply}");
+    Ok(())
+}
+
+/// The router behind hyper on a loopback port, as `infer serve` runs it, on a runtime of its own
+/// so that the tests can speak plain blocking HTTP/1.1 to it; stopped when dropped.
+struct Served {
+    _runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+}
+
+fn serve(limits: Limits) -> Result<Served> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let addr = runtime.block_on(async {
+        let app = infer::host::app(load(&TinyModel::rgb(32))?, BatchConfig::default(), limits);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(infer::host::serve(listener, app, std::future::pending()));
+        anyhow::Ok(addr)
+    })?;
+    Ok(Served {
+        _runtime: runtime,
+        addr,
+    })
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn(BufReader<TcpStream>);
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// Lower-case names.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Result<Value> {
+        serde_json::from_slice(&self.body).with_context(|| format!("not JSON: {self:?}"))
+    }
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(Self(BufReader::new(stream)))
+    }
+
+    /// Sends a request's head, saying `length` bytes of body follow, and the first of them.
+    fn start(&mut self, line: &str, content_type: &str, length: usize, first: &[u8]) -> Result<()> {
+        let stream = self.0.get_mut();
+        write!(
+            stream,
+            "{line} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+        )?;
+        stream.write_all(first)?;
+        stream.flush()?;
+        Ok(())
+    }
+
+    fn send(&mut self, line: &str, content_type: &str, body: &[u8]) -> Result<()> {
+        self.start(line, content_type, body.len(), body)
+    }
+
+    fn rest(&mut self, rest: &[u8]) -> Result<()> {
+        self.0.get_mut().write_all(rest)?;
+        Ok(())
+    }
+
+    fn answer(&mut self) -> Result<Answer> {
+        let mut line = String::new();
+        self.0.read_line(&mut line)?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no status line: {line:?} (the connection was closed)"))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.0.read_line(&mut line)?;
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                break;
+            };
+            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        let length = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .context("no content-length")?;
+        let mut body = vec![0; length];
+        self.0.read_exact(&mut body)?;
+        Ok(Answer { status, headers, body })
+    }
+}
+
+#[test]
+fn a_request_over_the_limit_waits_for_a_place_before_it_is_shed() -> Result<()> {
+    let served = serve(Limits {
+        max_in_flight: 1,
+        admission_wait: Duration::from_secs(60),
+        deadline: Duration::from_secs(120),
+        ..Limits::default()
+    })?;
+    let png = png();
+    let half = png.len() / 2;
+    // The holder takes the only place and keeps it while the rest of its body is not sent.
+    let mut holder = Conn::open(served.addr)?;
+    holder.start("POST /v1/predict", "image/png", png.len(), &png[..half])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut waiter = Conn::open(served.addr)?;
+    waiter.send("POST /v1/predict", "image/png", &png)?;
+    // Shed at once, the waiter would have its 503 by now; it waits for the holder's place.
+    std::thread::sleep(Duration::from_millis(300));
+    holder.rest(&png[half..])?;
+    let answer = holder.answer()?;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let answer = waiter.answer()?;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()?["predictions"][0]["label"], "red", "{answer:?}");
+    Ok(())
+}
+
+#[test]
+fn a_shed_request_keeps_its_connection_and_every_refusal_is_the_error_json() -> Result<()> {
+    let served = serve(Limits {
+        max_in_flight: 1,
+        admission_wait: Duration::from_millis(100),
+        max_body: 100_000,
+        deadline: Duration::from_secs(120),
+        ..Limits::default()
+    })?;
+    let png = png();
+    let half = png.len() / 2;
+    let mut holder = Conn::open(served.addr)?;
+    holder.start("POST /v1/predict", "image/png", png.len(), &png[..half])?;
+    // More than hyper reads with the head, less than a shed body that is read and dropped.
+    let junk = vec![b'x'; 40_000];
+    // Until the holder has its place, a request may get it instead (and is answered 400: not
+    // an image); the next is tried.
+    let mut shed = None;
+    for _ in 0..100 {
+        let mut conn = Conn::open(served.addr)?;
+        conn.send("POST /v1/predict", "image/png", &junk)?;
+        let answer = conn.answer()?;
+        if answer.status == 503 {
+            shed = Some((conn, answer));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mut conn, answer) = shed.context("no request was shed while the only place was taken")?;
+    assert_eq!(answer.header("retry-after"), Some("1"), "{answer:?}");
+    let reply = answer.json()?;
+    assert_eq!(reply["error"]["code"], "overloaded", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limit of 1")),
+        "{reply}"
+    );
+
+    // The same connection: a V2 request is shed in its protocol's shape, then health answers.
+    let v2 = json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                                "data": vec![0.0f32; 3 * 32 * 32]}]})
+    .to_string();
+    conn.send("POST /v2/models/tiny/infer", "application/json", v2.as_bytes())
+        .context("the connection of the shed request was closed")?;
+    let answer = conn.answer().context("the connection of the shed request was closed")?;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(
+        answer.json()?["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("limit of 1")),
+        "{answer:?}"
+    );
+    conn.send("GET /healthz", "text/plain", b"")?;
+    let answer = conn.answer()?;
+    assert_eq!(answer.status, 200, "{answer:?}");
+
+    // The place is free again: the holder is answered, and a body over the limit is refused in
+    // the error JSON.
+    holder.rest(&png[half..])?;
+    assert_eq!(holder.answer()?.status, 200);
+    conn.send("POST /v1/predict", "image/png", &vec![0; 100_001])?;
+    let answer = conn.answer()?;
+    assert_eq!(answer.status, 413, "{answer:?}");
+    assert_eq!(answer.json()?["error"]["code"], "payload_too_large", "{answer:?}");
     Ok(())
 }

@@ -735,6 +735,18 @@ async fn request_id_is_echoed_or_made() -> Result<()> {
     );
     let response = app.clone().oneshot(get("/healthz")?).await?;
     assert!(response.headers().get("x-request-id").is_some_and(|v| !v.is_empty()));
+    // An id unfit for a log line is replaced, not echoed.
+    for unfit in ["x".repeat(129), "has space".to_owned(), String::new()] {
+        let request = Request::get("/healthz")
+            .header("x-request-id", &unfit)
+            .body(Body::empty())?;
+        let response = app.clone().oneshot(request).await?;
+        let echoed = response.headers().get("x-request-id").and_then(|v| v.to_str().ok());
+        assert!(
+            echoed.is_some_and(|id| !id.is_empty() && id != unfit),
+            "{unfit:?} -> {echoed:?}"
+        );
+    }
     Ok(())
 }
 

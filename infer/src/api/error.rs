@@ -3,8 +3,12 @@
 //! protocol's `{"error": "<message>"}` ([`V2Error`]). A 500 never carries the internal cause: that
 //! goes to the log under the request id, and the reply names the id.
 
+use std::convert::Infallible;
+
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -109,10 +113,29 @@ impl ApiError {
     }
 }
 
-/// The request's id (Lambda's, the client's `x-request-id`, or a new one), set on every request
-/// by the router's middleware.
+/// The request's id (Lambda's, the client's `x-request-id`, or a new one), as the router's
+/// request-id layer set it; extracted by the handlers that may log an internal error.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
+
+impl RequestId {
+    pub(super) fn of(extensions: &Extensions) -> Self {
+        let id = extensions
+            .get::<tower_http::request_id::RequestId>()
+            .and_then(|id| id.header_value().to_str().ok())
+            // Only a router without its request-id layer gets here (the layer always sets one).
+            .unwrap_or("-");
+        Self(id.to_owned())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Self::of(&parts.extensions))
+    }
+}
 
 /// An [`ApiError`] answered in the Open Inference Protocol's shape, `{"error": "<message>"}`,
 /// which its clients (`tritonclient`, KServe's) parse; the status is the same.

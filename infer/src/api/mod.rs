@@ -5,10 +5,10 @@
 //! names its class, except on `/v2`, which answers its protocol's `{"error": "<message>"}`
 //! (`error`). The routes live in one table ([`routes`]).
 //!
-//! The prediction routes are bounded by tower layers ([`guard`]): at most `max_in_flight`
-//! requests at once (one more is shed at once with 503 and `Retry-After`), each answered within
-//! `deadline` (504 after it), whatever part of the work it was in: reading the body, waiting to
-//! decode, decoding, or waiting for the model. The model's queue is bounded too (503 when full,
+//! The prediction routes are bounded ([`router`]): at most `max_in_flight` requests at once (one
+//! more waits up to `admission_wait` for a place, then is shed with 503 and `Retry-After`), each
+//! answered within `deadline` (504 after it), whatever part of the work it was in: waiting for a
+//! place, reading the body, waiting to decode, decoding, or waiting for the model. The model's queue is bounded too (503 when full,
 //! [`crate::batch`]), and when shutdown's grace period runs out every request still in flight is
 //! answered 503 ([`Drain`]).
 
@@ -26,22 +26,23 @@ use std::time::{Duration, Instant};
 use axum::BoxError;
 use axum::Router;
 use axum::body::Bytes;
+use axum::body::HttpBody as _;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::handler::Handler;
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use image::RgbImage;
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
 use tower::timeout::TimeoutLayer;
-use tracing::Instrument;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::batch::{Engine, EngineError};
+use crate::logging::millis;
 use crate::metrics::Metrics;
 use crate::model::ModelInfo;
 use crate::preprocess::{BoundedError, DecodeLimits, Normalisation, Preprocessed, preprocess_bounded};
@@ -65,9 +66,14 @@ pub struct Limits {
     /// `decode.max_alloc` bytes, so this, not the number of connections, bounds decoding memory;
     /// decoding is CPU-bound, so more than one per CPU adds memory and no throughput.
     pub max_decoding: usize,
-    /// Prediction requests handled at once; one more is answered 503 at once. Each may hold a
-    /// body of up to `max_body` bytes, so this bounds the memory that bodies take.
+    /// Prediction requests handled at once; one more waits up to `admission_wait` for a place,
+    /// then is answered 503. Each may hold a body of up to `max_body` bytes, so this bounds the
+    /// memory that bodies take; a request waiting for a place holds none of its body.
     pub max_in_flight: usize,
+    /// How long a request over `max_in_flight` waits for a place before it is shed; part of
+    /// its `deadline`. A client shed at once comes straight back, so under a flood the 503s
+    /// alone can take the CPU; a short wait bounds their rate to the waiting clients per wait.
+    pub admission_wait: Duration,
     /// Requests waiting for the model at once ([`crate::batch`]); one more is answered 503.
     pub max_queue: usize,
     /// How long a prediction request may take, from its first byte to its answer; 504 after.
@@ -77,6 +83,9 @@ pub struct Limits {
 /// The default `Limits::max_in_flight`: enough to keep the decoders and a batch busy on a small
 /// CPU; more only adds waiting (p99) and bodies held in memory (infer/BENCHMARKS.md, "Overload").
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+
+/// The default `Limits::admission_wait` (infer/BENCHMARKS.md, "Overload").
+pub const DEFAULT_ADMISSION_WAIT: Duration = Duration::from_millis(3000);
 
 /// The default `Limits::deadline`.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
@@ -89,6 +98,7 @@ impl Default for Limits {
             decode: DecodeLimits::default(),
             max_decoding: crate::model::default_threads(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            admission_wait: DEFAULT_ADMISSION_WAIT,
             max_queue: crate::batch::DEFAULT_MAX_QUEUE,
             deadline: DEFAULT_DEADLINE,
         }
@@ -218,18 +228,22 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// The router with every route, error class, metrics and request-id logging; the prediction
-/// routes (every `POST`) behind the guard: load shedding, a concurrency limit that all of them
-/// share, and the deadline, as tower layers whose errors become the error JSON ([`guard_error`]).
+/// routes (every `POST`) behind the guard: the deadline (tower's timeout, its error the error
+/// JSON: [`guard_error`]) around admission, a concurrency limit that all of them share with load
+/// shedding after a short wait ([`admit`]).
+/// Around every route: the request id (tower-http's, made by [`NextId`] when the client sent
+/// none that [`settle_request_id`] kept, and echoed on the reply), a span with it around every
+/// log line and one `done` line per request (tower-http's `TraceLayer`), and the metrics.
 pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.limits.max_body;
-    let (deadline, max_in_flight) = (state.limits.deadline, state.limits.max_in_flight.max(1));
+    let deadline = state.limits.deadline;
+    let admission = Admission::new(&state.limits);
     let guard = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(move |uri: Uri, err: BoxError| {
-            std::future::ready(guard_error(&uri, &err, deadline, max_in_flight))
+            std::future::ready(guard_error(&uri, &err, deadline))
         }))
-        .layer(LoadShedLayer::new())
-        .layer(GlobalConcurrencyLimitLayer::new(max_in_flight))
-        .layer(TimeoutLayer::new(deadline));
+        .layer(TimeoutLayer::new(deadline))
+        .layer(middleware::from_fn_with_state(admission, admit));
     let mut router = Router::new();
     for (route, handler) in table() {
         let handler = match route.verb {
@@ -238,23 +252,36 @@ pub fn router(state: Arc<AppState>) -> Router {
         };
         router = router.route(route.path, handler);
     }
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(request_span)
+        .on_request(())
+        .on_response(|response: &Response, latency: Duration, _: &tracing::Span| {
+            tracing::info!(status = response.status().as_u16(), ms = millis(latency), "done");
+        })
+        .on_body_chunk(())
+        .on_eos(())
+        // A 5xx is already logged by whoever made it (internal errors under the request id);
+        // one more line per shed request would flood the log exactly when the server is busiest.
+        .on_failure(());
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), drain))
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::map_request(settle_request_id))
+                .layer(SetRequestIdLayer::new(X_REQUEST_ID, NextId))
+                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+                .layer(trace)
+                .layer(middleware::from_fn_with_state(Arc::clone(&state), record_metrics))
+                .layer(middleware::from_fn_with_state(Arc::clone(&state), drain))
+                .layer(DefaultBodyLimit::max(max_body)),
+        )
         .with_state(state)
 }
 
 /// The error reply for what the guard's layers fail with.
-fn guard_error(uri: &Uri, err: &BoxError, deadline: Duration, max_in_flight: usize) -> Response {
-    let err = if err.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::unavailable(
-            "overloaded",
-            format!("the server is handling its limit of {max_in_flight} requests; try again shortly"),
-        )
-    } else if err.is::<tower::timeout::error::Elapsed>() {
+fn guard_error(uri: &Uri, err: &BoxError, deadline: Duration) -> Response {
+    let err = if err.is::<tower::timeout::error::Elapsed>() {
         ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "deadline_exceeded",
@@ -274,6 +301,82 @@ fn guard_error(uri: &Uri, err: &BoxError, deadline: Duration, max_in_flight: usi
     }
 }
 
+/// The places for prediction requests ([`Limits::max_in_flight`]).
+#[derive(Debug, Clone)]
+struct Admission {
+    places: Arc<Semaphore>,
+    limit: usize,
+    wait: Duration,
+}
+
+impl Admission {
+    fn new(limits: &Limits) -> Self {
+        let limit = limits.max_in_flight.max(1);
+        Self {
+            places: Arc::new(Semaphore::new(limit)),
+            limit,
+            wait: limits.admission_wait,
+        }
+    }
+}
+
+/// Runs the request in one of the places, waiting up to `admission_wait` for one (first come,
+/// first served); sheds it with 503 if none came free.
+async fn admit(State(admission): State<Admission>, req: Request, next: Next) -> Response {
+    let place = match Arc::clone(&admission.places).try_acquire_owned() {
+        Ok(place) => Some(place),
+        Err(_) if admission.wait.is_zero() => None,
+        Err(_) => tokio::time::timeout(admission.wait, Arc::clone(&admission.places).acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok),
+    };
+    let Some(_place) = place else {
+        return shed(req, admission.limit).await;
+    };
+    next.run(req).await
+}
+
+/// A shed request's body is read and dropped when it is at most this long: hyper keeps a
+/// connection open only if the request's body was read to its end, and a new connection for
+/// every shed request costs both ends more than reading a few tens of kilobytes.
+const DISCARD_MAX: u64 = 64 * 1024;
+/// How long a shed request's body may take to arrive; a slower client loses its connection.
+const DISCARD_TIME: Duration = Duration::from_millis(100);
+
+async fn shed(req: Request, limit: usize) -> Response {
+    let v2 = is_v2(&req);
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|n| n <= DISCARD_MAX) {
+        let _ = tokio::time::timeout(DISCARD_TIME, discard(req.into_body(), DISCARD_MAX)).await;
+    }
+    let err = ApiError::unavailable(
+        "overloaded",
+        format!("the server is handling its limit of {limit} requests; try again shortly"),
+    );
+    if v2 {
+        V2Error(err).into_response()
+    } else {
+        err.into_response()
+    }
+}
+
+/// Reads `body` to its end, keeping none of it, unless it is longer than `max` bytes.
+async fn discard(mut body: axum::body::Body, max: u64) {
+    let mut left = max;
+    while let Some(Ok(frame)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+        let n = frame.data_ref().map_or(0, |data| data.len() as u64);
+        match left.checked_sub(n) {
+            Some(rest) => left = rest,
+            None => return,
+        }
+    }
+}
+
 /// Answers 503 once shutdown's grace period is over ([`Drain`]).
 async fn drain(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let v2 = is_v2(&req);
@@ -287,46 +390,61 @@ async fn drain(State(state): State<Shared>, req: Request, next: Next) -> Respons
     }
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The request id: Lambda's, the client's `x-request-id`, or a new one.
-fn request_id(req: &Request) -> String {
-    if let Some(ctx) = req.extensions().get::<lambda_http::Context>() {
-        return ctx.request_id.clone();
-    }
-    if let Some(id) = req.headers().get("x-request-id").and_then(|v| v.to_str().ok())
-        && !id.is_empty()
-        && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_graphic())
+/// Under Lambda, its request id, which its own log lines carry too; elsewhere the client's
+/// `x-request-id` if it is fit for a log line (1 to 128 visible ASCII characters), or none, so
+/// that [`NextId`] makes one.
+async fn settle_request_id(mut req: Request) -> Request {
+    let lambda = req
+        .extensions()
+        .get::<lambda_http::Context>()
+        .and_then(|ctx| HeaderValue::from_str(&ctx.request_id).ok());
+    let headers = req.headers_mut();
+    if let Some(id) = lambda {
+        headers.insert(X_REQUEST_ID, id);
+    } else if headers
+        .get(X_REQUEST_ID)
+        .is_some_and(|id| id.is_empty() || id.len() > 128 || !id.as_bytes().iter().all(u8::is_ascii_graphic))
     {
-        return id.to_owned();
+        headers.remove(X_REQUEST_ID);
     }
-    format!("{:x}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    req
 }
 
-/// Request id span around every log line, `x-request-id` on the reply, metrics.
-async fn observe(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new request id: the process id and a counter, unique among the processes of a host and
+/// short in a log line.
+#[derive(Debug, Clone, Copy)]
+struct NextId;
+
+impl MakeRequestId for NextId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<tower_http::request_id::RequestId> {
+        let id = format!("{:x}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        HeaderValue::from_str(&id)
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
+}
+
+/// The span around every log line of a request.
+fn request_span(req: &Request) -> tracing::Span {
+    let id = RequestId::of(req.extensions());
+    tracing::info_span!("request", id = %id.0, method = %req.method(), path = %req.uri().path())
+}
+
+async fn record_metrics(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let id = request_id(&req);
     let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let span = tracing::info_span!("request", id = %id, method = %method, path = %req.uri().path());
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(req).instrument(span.clone()).await;
-    let elapsed = start.elapsed();
-    let status = response.status();
-    span.in_scope(|| {
-        tracing::info!(status = status.as_u16(), ms = crate::logging::millis(elapsed), "done");
-    });
+    let response = next.run(req).await;
     state
         .metrics
-        .record_request(method.as_str(), &route, status.as_u16(), elapsed);
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
+        .record_request(method.as_str(), &route, response.status().as_u16(), start.elapsed());
     response
 }
 

@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::StatusCode;
-use axum::{Extension, Json};
 use base64::Engine as _;
 use image::{ImageFormat, RgbImage};
 use serde::{Deserialize, Serialize};
@@ -226,7 +226,7 @@ fn multipart_error(err: &axum::extract::multipart::MultipartError, state: &Share
 )]
 pub(super) async fn predict(
     State(state): State<Shared>,
-    Extension(id): Extension<RequestId>,
+    id: RequestId,
     req: Request,
 ) -> Result<Json<PredictResponse>, ApiError> {
     let start = Instant::now();

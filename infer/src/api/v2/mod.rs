@@ -8,11 +8,11 @@
 
 mod tensors;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -264,7 +264,7 @@ pub(super) async fn model_version_ready(
 )]
 pub(super) async fn infer(
     State(state): State<Shared>,
-    Extension(id): Extension<RequestId>,
+    id: RequestId,
     Path(ModelPath { name }): Path<ModelPath>,
     req: Request,
 ) -> Result<Response, V2Error> {
@@ -289,7 +289,7 @@ pub(super) async fn infer(
 )]
 pub(super) async fn infer_version(
     State(state): State<Shared>,
-    Extension(id): Extension<RequestId>,
+    id: RequestId,
     Path(VersionPath { name, version }): Path<VersionPath>,
     req: Request,
 ) -> Result<Response, V2Error> {
