@@ -6,10 +6,11 @@
 //! - [`checksum`]: the `model.onnx.sha256` sidecar written next to every export and checked by
 //!   the server before loading.
 //! - [`metadata`]: the `metadata_props` keys that `train export` writes and `infer` reads: class
-//!   names, input size, normalisation, provenance.
+//!   names, input size, normalisation (and [`PixelNormalisation`], the arithmetic of it),
+//!   provenance.
 
 pub mod checksum;
 pub mod metadata;
 pub mod proto;
 
-pub use metadata::{ChannelOrder, Layout, MetadataError, ModelMetadata};
+pub use metadata::{ChannelOrder, Layout, MetadataError, ModelMetadata, PixelNormalisation};

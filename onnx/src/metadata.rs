@@ -2,7 +2,8 @@
 //! to serve a model correctly travels inside the file.
 //!
 //! Every value is a string (as ONNX requires); lists and per-channel numbers are JSON arrays.
-//! Pixels are scaled to `[0, 1]` before `(x - mean) / std`.
+//! Pixels are scaled to `[0, 1]` before `(x - mean) / std` ([`PixelNormalisation`], which both
+//! sides compute with).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -197,6 +198,42 @@ impl ModelMetadata {
     }
 }
 
+/// `(pixel / 255 - mean) / std` for 8-bit pixels, folded into one multiply-add per channel.
+/// Training and serving both normalise through these coefficients, so a model sees the same
+/// floats, to the bit, from `train`'s batches and from `infer`'s decoded images.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PixelNormalisation {
+    /// `1 / (255 std)` per channel.
+    pub scale: [f32; 3],
+    /// `-mean / std` per channel.
+    pub shift: [f32; 3],
+}
+
+impl PixelNormalisation {
+    pub fn new(mean: [f32; 3], std: [f32; 3]) -> Self {
+        Self {
+            scale: std::array::from_fn(|c| 1.0 / (255.0 * std[c])),
+            shift: std::array::from_fn(|c| -mean[c] / std[c]),
+        }
+    }
+
+    /// Interleaved RGB bytes (`r g b r g b ...`) to normalised channel planes: the first third of
+    /// `out` gets the red values, then green, then blue. `out` holds `rgb.len()` floats; pixels
+    /// beyond what both slices hold are not written.
+    pub fn write_planes(&self, rgb: &[u8], out: &mut [f32]) {
+        let plane = out.len() / 3;
+        let (red, rest) = out.split_at_mut(plane);
+        let (green, blue) = rest.split_at_mut(plane);
+        let [sr, sg, sb] = self.scale;
+        let [hr, hg, hb] = self.shift;
+        for (((px, r), g), b) in rgb.chunks_exact(3).zip(red).zip(green).zip(blue) {
+            *r = f32::from(px[0]) * sr + hr;
+            *g = f32::from(px[1]) * sg + hg;
+            *b = f32::from(px[2]) * sb + hb;
+        }
+    }
+}
+
 fn invalid(key: &'static str, value: &str, reason: String) -> MetadataError {
     MetadataError::Invalid {
         key,
@@ -307,6 +344,29 @@ mod tests {
             }
         }
         ModelMetadata::from_props(lookup(&props))
+    }
+
+    #[test]
+    fn pixels_become_planes_of_the_normalised_values() {
+        let norm = PixelNormalisation::new([0.5, 0.25, 0.0], [0.5, 0.25, 2.0]);
+        let rgb = [0, 255, 51, 255, 0, 102];
+        let mut out = [f32::NAN; 6];
+        norm.write_planes(&rgb, &mut out);
+        let expected: Vec<f32> = [(0, 0), (3, 0), (1, 1), (4, 1), (2, 2), (5, 2)]
+            .iter()
+            .map(|&(i, c)| (f32::from(rgb[i]) / 255.0 - [0.5, 0.25, 0.0][c]) / [0.5, 0.25, 2.0][c])
+            .collect();
+        for (got, want) in out.iter().zip(&expected) {
+            assert!((got - want).abs() < 1e-6, "{out:?} vs {expected:?}");
+        }
+    }
+
+    #[test]
+    fn a_short_output_is_filled_as_far_as_it_goes() {
+        let norm = PixelNormalisation::new([0.0; 3], [1.0; 3]);
+        let mut out = [7.0f32; 4];
+        norm.write_planes(&[255; 9], &mut out);
+        assert_eq!(out, [1.0, 1.0, 1.0, 7.0]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! ResNet-18 from scratch on libtorch (`tch`, no `tch::vision`): the network, the CIFAR-10 data
 //! layouts, training with checkpoints, and the project's own ONNX exporter.
 
+pub mod arch;
 pub mod atomic_file;
 pub mod bench;
 pub mod checkpoint;

@@ -1,15 +1,16 @@
-//! ResNet-18 in its CIFAR form, built from `tch::nn` primitives.
-//!
-//! 3x3 stride-1 stem (no max-pool, the images are 32x32), four stages of two [`BasicBlock`]s
-//! with `width x {1, 2, 4, 8}` channels, stride 2 at the first block of stages 2-4, a projection
-//! shortcut (1x1 conv + BatchNorm) wherever the shape changes, global average pool, linear head.
+//! ResNet-18 in its CIFAR form, built from `tch::nn` primitives on the structure that
+//! [`crate::arch`] describes.
 //!
 //! Variable names in the `VarStore` (and so in checkpoints) are `stem.{conv,bn}.*`,
 //! `layer{1-4}.{0,1}.{conv1,conv2,shortcut}.{conv,bn}.*` and `fc.{weight,bias}`. The fields are
 //! public so that the summary and the ONNX exporter walk the same structure the forward pass uses.
 
+use std::convert::Infallible;
+
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
+
+use crate::arch::{self, Arch, Block, Body, ConvSpec, Ops};
 
 /// Channel multiplier and class count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,32 +47,27 @@ pub enum ModelError {
 /// A convolution without bias followed by BatchNorm (bias would be cancelled by the BN mean).
 #[derive(Debug)]
 pub struct ConvBn {
+    pub spec: ConvSpec,
     pub conv: nn::Conv2D,
     pub bn: nn::BatchNorm,
-    pub in_channels: i64,
-    pub out_channels: i64,
-    pub kernel: i64,
-    pub stride: i64,
-    pub padding: i64,
 }
 
 impl ConvBn {
-    fn new(vs: &nn::Path<'_>, in_channels: i64, out_channels: i64, kernel: i64, stride: i64) -> Self {
-        let padding = kernel / 2;
+    fn new(root: &nn::Path<'_>, spec: &ConvSpec) -> Self {
+        // `nn::Path` takes one segment at a time (a dot inside a segment is refused).
+        let mut segments = spec.name.split('.');
+        let first = segments.next().unwrap_or_default();
+        let vs = segments.fold(root / first, |path, segment| &path / segment);
         let config = nn::ConvConfig {
-            stride,
-            padding,
+            stride: spec.stride,
+            padding: spec.padding,
             bias: false,
             ..Default::default()
         };
         Self {
-            conv: nn::conv2d(vs / "conv", in_channels, out_channels, kernel, config),
-            bn: nn::batch_norm2d(vs / "bn", out_channels, Default::default()),
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            padding,
+            conv: nn::conv2d(&vs / "conv", spec.in_channels, spec.out_channels, spec.kernel, config),
+            bn: nn::batch_norm2d(&vs / "bn", spec.out_channels, Default::default()),
+            spec: spec.clone(),
         }
     }
 
@@ -80,94 +76,45 @@ impl ConvBn {
     }
 }
 
-/// Two 3x3 conv-BN layers with a residual connection: `relu(bn2(conv2(relu(bn1(conv1 x)))) + s(x))`.
-#[derive(Debug)]
-pub struct BasicBlock {
-    pub conv1: ConvBn,
-    pub conv2: ConvBn,
-    /// Projection when stride or channels change; identity otherwise.
-    pub shortcut: Option<ConvBn>,
-}
-
-impl BasicBlock {
-    fn new(vs: &nn::Path<'_>, in_channels: i64, out_channels: i64, stride: i64) -> Self {
-        let shortcut = (stride != 1 || in_channels != out_channels)
-            .then(|| ConvBn::new(&(vs / "shortcut"), in_channels, out_channels, 1, stride));
-        Self {
-            conv1: ConvBn::new(&(vs / "conv1"), in_channels, out_channels, 3, stride),
-            conv2: ConvBn::new(&(vs / "conv2"), out_channels, out_channels, 3, 1),
-            shortcut,
-        }
-    }
-
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let out = self.conv1.forward_t(xs, train).relu();
-        let out = self.conv2.forward_t(&out, train);
-        let skip = match &self.shortcut {
-            Some(proj) => proj.forward_t(xs, train),
-            None => xs.shallow_clone(),
-        };
-        (out + skip).relu()
-    }
-}
+/// A basic block of built layers.
+pub type BasicBlock = Block<ConvBn>;
 
 #[derive(Debug)]
 pub struct ResNet18 {
     pub config: ResNetConfig,
-    pub stem: ConvBn,
-    /// Four stages of two blocks each.
-    pub stages: Vec<Vec<BasicBlock>>,
+    pub body: Body<ConvBn>,
     pub fc: nn::Linear,
+    feature_channels: i64,
 }
 
 impl ResNet18 {
     pub fn new(vs: &nn::Path<'_>, config: ResNetConfig) -> Result<Self, ModelError> {
-        if config.width < 1 {
-            return Err(ModelError::Config(format!(
-                "width must be at least 1, got {}",
-                config.width
-            )));
-        }
-        if config.num_classes < 2 {
-            return Err(ModelError::Config(format!(
-                "need at least 2 classes, got {}",
-                config.num_classes
-            )));
-        }
-        let w = config.width;
-        let stem = ConvBn::new(&(vs / "stem"), 3, w, 3, 1);
-        let mut stages = Vec::with_capacity(4);
-        let mut in_channels = w;
-        for (i, mult) in [1, 2, 4, 8].into_iter().enumerate() {
-            let out_channels = w * mult;
-            let stage_vs = vs / format!("layer{}", i + 1);
-            let first_stride = if i == 0 { 1 } else { 2 };
-            let blocks = vec![
-                BasicBlock::new(&(&stage_vs / "0"), in_channels, out_channels, first_stride),
-                BasicBlock::new(&(&stage_vs / "1"), out_channels, out_channels, 1),
-            ];
-            stages.push(blocks);
-            in_channels = out_channels;
-        }
-        let fc = nn::linear(vs / "fc", in_channels, config.num_classes, Default::default());
+        let arch = Arch::new(config)?;
+        let body = arch.body.map(|spec| ConvBn::new(vs, spec));
+        let fc = nn::linear(
+            vs / arch::HEAD,
+            arch.feature_channels,
+            config.num_classes,
+            Default::default(),
+        );
         Ok(Self {
             config,
-            stem,
-            stages,
+            body,
             fc,
+            feature_channels: arch.feature_channels,
         })
     }
 
     /// Channels entering the classifier.
     pub fn feature_channels(&self) -> i64 {
-        self.config.width * 8
+        self.feature_channels
     }
 
     /// The forward pass with the input checked first, so a bad call is an error and not a
     /// libtorch abort: `xs` is `[N, 3, H, W]` float, and training mode needs `N >= 2`.
     pub fn forward_checked(&self, xs: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         let size = xs.size();
-        if size.len() != 4 || size[1] != 3 || size[0] < 1 {
+        if size.len() != 4 || size[1] != arch::INPUT_CHANNELS || size[0] < 1 {
             return Err(ModelError::InputShape(size));
         }
         if train && size[0] < 2 {
@@ -177,11 +124,37 @@ impl ResNet18 {
     }
 
     fn forward_unchecked(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut out = self.stem.forward_t(xs, train).relu();
-        for block in self.stages.iter().flatten() {
-            out = block.forward_t(&out, train);
+        match self.body.walk(&mut Forward { fc: &self.fc, train }, xs) {
+            Ok(logits) => logits,
+            Err(never) => match never {},
         }
-        out.mean_dim(&[2i64, 3][..], false, Kind::Float).apply(&self.fc)
+    }
+}
+
+/// The forward pass as a walk over the body.
+struct Forward<'a> {
+    fc: &'a nn::Linear,
+    train: bool,
+}
+
+impl Ops<ConvBn> for Forward<'_> {
+    type Value = Tensor;
+    type Error = Infallible;
+
+    fn conv_bn(&mut self, layer: &ConvBn, x: &Tensor) -> Result<Tensor, Infallible> {
+        Ok(layer.forward_t(x, self.train))
+    }
+
+    fn relu(&mut self, x: Tensor, _scope: &str, _which: &str) -> Result<Tensor, Infallible> {
+        Ok(x.relu())
+    }
+
+    fn add(&mut self, _block: &BasicBlock, branch: Tensor, skip: Tensor) -> Result<Tensor, Infallible> {
+        Ok(branch + skip)
+    }
+
+    fn head(&mut self, x: Tensor) -> Result<Tensor, Infallible> {
+        Ok(x.mean_dim(&[2i64, 3][..], false, Kind::Float).apply(self.fc))
     }
 }
 

@@ -1,12 +1,14 @@
 //! The layer table of `train summary`: every layer with its output shape and parameter count,
 //! computed by running a batch through the same structure the forward pass uses.
 
+use std::convert::Infallible;
 use std::fmt;
 
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{ConvBn, ModelError, ResNet18, ResNetConfig};
+use crate::arch::{self, Ops};
+use crate::model::{BasicBlock, ConvBn, ModelError, ResNet18, ResNetConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerRow {
@@ -32,81 +34,103 @@ fn numel(t: &Tensor) -> i64 {
     t.numel() as i64
 }
 
-fn conv_bn_rows(rows: &mut Vec<LayerRow>, name: &str, cb: &ConvBn, xs: &Tensor) -> Tensor {
-    let conv_out = xs.apply(&cb.conv);
-    rows.push(LayerRow {
-        name: format!("{name}.conv"),
-        kind: format!(
-            "Conv2d {k}x{k}/{s} {i}->{o}",
-            k = cb.kernel,
-            s = cb.stride,
-            i = cb.in_channels,
-            o = cb.out_channels
-        ),
-        output: conv_out.size(),
-        params: numel(&cb.conv.ws) + cb.conv.bs.as_ref().map_or(0, numel),
-    });
-    let bn_out = cb.bn.forward_t(&conv_out, false);
-    rows.push(LayerRow {
-        name: format!("{name}.bn"),
-        kind: format!("BatchNorm2d {}", cb.out_channels),
-        output: bn_out.size(),
-        params: cb.bn.ws.as_ref().map_or(0, numel) + cb.bn.bs.as_ref().map_or(0, numel),
-    });
-    bn_out
+/// A walk that runs the tensors and writes a row for every layer it passes.
+struct Rows<'a> {
+    model: &'a ResNet18,
+    rows: Vec<LayerRow>,
+}
+
+impl Ops<ConvBn> for Rows<'_> {
+    type Value = Tensor;
+    type Error = Infallible;
+
+    fn conv_bn(&mut self, cb: &ConvBn, xs: &Tensor) -> Result<Tensor, Infallible> {
+        let spec = &cb.spec;
+        let conv_out = xs.apply(&cb.conv);
+        self.rows.push(LayerRow {
+            name: format!("{}.conv", spec.name),
+            kind: format!(
+                "Conv2d {k}x{k}/{s} {i}->{o}",
+                k = spec.kernel,
+                s = spec.stride,
+                i = spec.in_channels,
+                o = spec.out_channels
+            ),
+            output: conv_out.size(),
+            params: numel(&cb.conv.ws) + cb.conv.bs.as_ref().map_or(0, numel),
+        });
+        let bn_out = cb.bn.forward_t(&conv_out, false);
+        self.rows.push(LayerRow {
+            name: format!("{}.bn", spec.name),
+            kind: format!("BatchNorm2d {}", spec.out_channels),
+            output: bn_out.size(),
+            params: cb.bn.ws.as_ref().map_or(0, numel) + cb.bn.bs.as_ref().map_or(0, numel),
+        });
+        Ok(bn_out)
+    }
+
+    fn relu(&mut self, x: Tensor, _scope: &str, _which: &str) -> Result<Tensor, Infallible> {
+        Ok(x.relu())
+    }
+
+    /// One row for the sum and the ReLU after it, which keeps its shape.
+    fn add(&mut self, block: &BasicBlock, branch: Tensor, skip: Tensor) -> Result<Tensor, Infallible> {
+        let out = branch + skip;
+        self.rows.push(LayerRow {
+            name: block.name.clone(),
+            kind: if block.shortcut.is_some() {
+                "Add (projection) + ReLU".to_owned()
+            } else {
+                "Add (identity) + ReLU".to_owned()
+            },
+            output: out.size(),
+            params: 0,
+        });
+        Ok(out)
+    }
+
+    fn head(&mut self, x: Tensor) -> Result<Tensor, Infallible> {
+        let pooled = x.mean_dim(&[2i64, 3][..], false, Kind::Float);
+        self.rows.push(LayerRow {
+            name: arch::POOL.to_owned(),
+            kind: "GlobalAvgPool".to_owned(),
+            output: pooled.size(),
+            params: 0,
+        });
+        let fc = &self.model.fc;
+        let logits = pooled.apply(fc);
+        self.rows.push(LayerRow {
+            name: arch::HEAD.to_owned(),
+            kind: format!(
+                "Linear {}->{}",
+                self.model.feature_channels(),
+                self.model.config.num_classes
+            ),
+            output: logits.size(),
+            params: numel(&fc.ws) + fc.bs.as_ref().map_or(0, numel),
+        });
+        Ok(logits)
+    }
 }
 
 /// Runs a zero batch of `batch` 32x32 RGB images through a fresh model of `config`, layer by layer.
 pub fn summarise(config: ResNetConfig, batch: i64) -> Result<Summary, ModelError> {
     let vs = VarStore::new(Device::Cpu);
     let model = ResNet18::new(&vs.root(), config)?;
-    let input = vec![batch, 3, 32, 32];
+    let input = vec![batch, arch::INPUT_CHANNELS, 32, 32];
     let xs = Tensor::zeros(input.as_slice(), (Kind::Float, Device::Cpu));
-    let mut rows = Vec::new();
-    tch::no_grad(|| {
-        let mut out = conv_bn_rows(&mut rows, "stem", &model.stem, &xs).relu();
-        for (s, stage) in model.stages.iter().enumerate() {
-            for (b, block) in stage.iter().enumerate() {
-                let name = format!("layer{}.{b}", s + 1);
-                let h = conv_bn_rows(&mut rows, &format!("{name}.conv1"), &block.conv1, &out).relu();
-                let h = conv_bn_rows(&mut rows, &format!("{name}.conv2"), &block.conv2, &h);
-                let skip = match &block.shortcut {
-                    Some(proj) => conv_bn_rows(&mut rows, &format!("{name}.shortcut"), proj, &out),
-                    None => out.shallow_clone(),
-                };
-                out = (h + skip).relu();
-                rows.push(LayerRow {
-                    name: name.clone(),
-                    kind: if block.shortcut.is_some() {
-                        "Add (projection) + ReLU".to_owned()
-                    } else {
-                        "Add (identity) + ReLU".to_owned()
-                    },
-                    output: out.size(),
-                    params: 0,
-                });
-            }
-        }
-        let pooled = out.mean_dim(&[2i64, 3][..], false, Kind::Float);
-        rows.push(LayerRow {
-            name: "pool".to_owned(),
-            kind: "GlobalAvgPool".to_owned(),
-            output: pooled.size(),
-            params: 0,
-        });
-        let logits = pooled.apply(&model.fc);
-        rows.push(LayerRow {
-            name: "fc".to_owned(),
-            kind: format!("Linear {}->{}", model.feature_channels(), config.num_classes),
-            output: logits.size(),
-            params: numel(&model.fc.ws) + model.fc.bs.as_ref().map_or(0, numel),
-        });
-    });
+    let mut walk = Rows {
+        model: &model,
+        rows: Vec::new(),
+    };
+    if let Err(never) = tch::no_grad(|| model.body.walk(&mut walk, &xs)) {
+        match never {}
+    }
     let total_params = vs.trainable_variables().iter().map(numel).sum();
     Ok(Summary {
         config,
         input,
-        rows,
+        rows: walk.rows,
         total_params,
     })
 }

@@ -156,14 +156,7 @@ fn normalise_pixels(image: &RgbImage, norm: &Normalisation, out: &mut Vec<f32>) 
     let plane = (norm.width * norm.height) as usize;
     let start = out.len();
     out.resize(start + 3 * plane, 0.0);
-    let dst = &mut out[start..];
-    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
-    let shift: [f32; 3] = std::array::from_fn(|c| norm.mean[c] / norm.std[c]);
-    for (i, px) in image.pixels().enumerate() {
-        for c in 0..3 {
-            dst[c * plane + i] = f32::from(px[c]) * scale[c] - shift[c];
-        }
-    }
+    onnx::PixelNormalisation::new(norm.mean, norm.std).write_planes(image.as_raw(), &mut out[start..]);
 }
 
 /// Bytes to one image's normalised CHW floats, appended to `out`.

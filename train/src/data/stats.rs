@@ -1,5 +1,6 @@
 //! Per-channel statistics of a split and the normalisation they define.
 
+use onnx::PixelNormalisation;
 use tch::{Device, Kind, Tensor};
 
 use super::{DataError, Split};
@@ -39,7 +40,8 @@ pub fn channel_stats(split: &Split) -> Result<([f32; 3], [f32; 3]), DataError> {
     Ok((to3(&mean)?, to3(&var.sqrt())?))
 }
 
-/// Scaling to `[0, 1]` and `(x - mean) / std` for a `u8` batch, as one multiply-add.
+/// Scaling to `[0, 1]` and `(x - mean) / std` for a `u8` batch, as the one multiply-add of
+/// [`PixelNormalisation`] (the serving side's too), on the batch's device.
 #[derive(Debug)]
 pub struct Normalizer {
     scale: Tensor,
@@ -48,8 +50,7 @@ pub struct Normalizer {
 
 impl Normalizer {
     pub fn new(mean: [f32; 3], std: [f32; 3], device: Device) -> Self {
-        let scale: Vec<f32> = std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-        let shift: Vec<f32> = mean.iter().zip(std).map(|(m, s)| -m / s).collect();
+        let PixelNormalisation { scale, shift } = PixelNormalisation::new(mean, std);
         Self {
             scale: Tensor::from_slice(&scale).view([1, 3, 1, 1]).to_device(device),
             shift: Tensor::from_slice(&shift).view([1, 3, 1, 1]).to_device(device),

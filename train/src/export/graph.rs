@@ -1,6 +1,6 @@
-//! Walks a [`ResNet18`] and emits the equivalent ONNX graph: nodes, initializers from the
-//! weights, and the shape of every intermediate value (`value_info`), which ONNX Runtime and the
-//! `onnx` checker's shape inference verify against their own.
+//! Walks a [`ResNet18`] (as [`Ops`] over its body) and emits the equivalent ONNX graph: nodes,
+//! initializers from the weights, and the shape of every intermediate value (`value_info`), which
+//! ONNX Runtime and the `onnx` checker's shape inference verify against their own.
 
 use onnx::proto::{
     AttributeProto, GraphProto, NodeProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_type,
@@ -9,7 +9,8 @@ use onnx::proto::{
 use tch::{Device, Kind, Tensor};
 
 use super::{BatchNormMode, ExportError, GraphOptions};
-use crate::model::{ConvBn, ResNet18};
+use crate::arch::{self, Ops};
+use crate::model::{BasicBlock, ConvBn, ResNet18};
 
 /// Name of the graph input, float32 `[N, 3, H, W]`.
 pub const INPUT: &str = "input";
@@ -59,6 +60,7 @@ pub(super) fn build_graph(
 ) -> Result<GraphProto, ExportError> {
     let mut b = Builder {
         opts: *opts,
+        model,
         graph: GraphProto {
             name: format!("resnet18-cifar-w{}", model.config.width),
             ..Default::default()
@@ -66,126 +68,38 @@ pub(super) fn build_graph(
     };
     let input = Value {
         name: INPUT.to_owned(),
-        shape: vec![Dim::Batch, Dim::Fixed(3), Dim::Fixed(height), Dim::Fixed(width)],
+        shape: vec![
+            Dim::Batch,
+            Dim::Fixed(arch::INPUT_CHANNELS),
+            Dim::Fixed(height),
+            Dim::Fixed(width),
+        ],
     };
     b.graph.input.push(value_info(&input));
-
-    let mut x = b.conv_bn(&model.stem, &input, "stem")?;
-    x = b.relu(&x, "stem.relu");
-    for (s, stage) in model.stages.iter().enumerate() {
-        for (i, block) in stage.iter().enumerate() {
-            let prefix = format!("layer{}.{i}", s + 1);
-            let h = b.conv_bn(&block.conv1, &x, &format!("{prefix}.conv1"))?;
-            let h = b.relu(&h, &format!("{prefix}.relu1"));
-            let h = b.conv_bn(&block.conv2, &h, &format!("{prefix}.conv2"))?;
-            let skip = match &block.shortcut {
-                Some(proj) => b.conv_bn(proj, &x, &format!("{prefix}.shortcut"))?,
-                None => x.clone(),
-            };
-            if skip.shape != h.shape {
-                return Err(ExportError::Structure(format!(
-                    "{prefix}: the residual branch gives {} but the shortcut gives {}",
-                    fmt_shape(&h.shape),
-                    fmt_shape(&skip.shape)
-                )));
-            }
-            let sum = b.node(
-                "Add",
-                &format!("{prefix}.add"),
-                &[&h.name, &skip.name],
-                h.shape.clone(),
-                vec![],
-            );
-            x = b.relu(&sum, &format!("{prefix}.relu2"));
-        }
-    }
-
-    let channels = x.channels();
-    let pooled = b.node(
-        "GlobalAveragePool",
-        "pool",
-        &[&x.name],
-        vec![Dim::Batch, Dim::Fixed(channels), Dim::Fixed(1), Dim::Fixed(1)],
-        vec![],
-    );
-    let flat = b.node(
-        "Flatten",
-        "flatten",
-        &[&pooled.name],
-        vec![Dim::Batch, Dim::Fixed(channels)],
-        vec![attr_int("axis", 1)],
-    );
-
-    let classes = model.config.num_classes;
-    let fc_w = b.initializer("fc.weight", &model.fc.ws, &[classes, channels])?;
-    let fc_b = match &model.fc.bs {
-        Some(bs) => b.initializer("fc.bias", bs, &[classes])?,
-        None => b.initializer(
-            "fc.bias",
-            &Tensor::zeros([classes], (Kind::Float, Device::Cpu)),
-            &[classes],
-        )?,
-    };
-    let gemm = NodeProto {
-        input: vec![flat.name.clone(), fc_w, fc_b],
-        output: vec![OUTPUT.to_owned()],
-        name: "fc".to_owned(),
-        op_type: "Gemm".to_owned(),
-        // torch's Linear computes x W^T + b.
-        attribute: vec![attr_int("transB", 1)],
-        ..Default::default()
-    };
-    b.graph.node.push(gemm);
-    b.graph.output.push(value_info(&Value {
-        name: OUTPUT.to_owned(),
-        shape: vec![Dim::Batch, Dim::Fixed(classes)],
-    }));
+    model.body.walk(&mut b, &input)?;
     Ok(b.graph)
 }
 
-struct Builder {
+struct Builder<'a> {
     opts: GraphOptions,
+    model: &'a ResNet18,
     graph: GraphProto,
 }
 
-impl Builder {
-    /// Appends a single-output node and records its output's shape.
-    fn node(
-        &mut self,
-        op: &str,
-        name: &str,
-        inputs: &[&str],
-        shape: Vec<Dim>,
-        attribute: Vec<AttributeProto>,
-    ) -> Value {
-        let out = Value {
-            name: name.to_owned(),
-            shape,
-        };
-        self.graph.node.push(NodeProto {
-            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-            output: vec![out.name.clone()],
-            name: name.to_owned(),
-            op_type: op.to_owned(),
-            attribute,
-            ..Default::default()
-        });
-        self.graph.value_info.push(value_info(&out));
-        out
-    }
-
-    fn relu(&mut self, x: &Value, name: &str) -> Value {
-        self.node("Relu", name, &[&x.name], x.shape.clone(), vec![])
-    }
+impl Ops<ConvBn> for Builder<'_> {
+    type Value = Value;
+    type Error = ExportError;
 
     /// Conv + BatchNorm, either folded into one Conv with a bias or as Conv -> BatchNormalization.
-    fn conv_bn(&mut self, layer: &ConvBn, x: &Value, prefix: &str) -> Result<Value, ExportError> {
+    fn conv_bn(&mut self, layer: &ConvBn, x: &Value) -> Result<Value, ExportError> {
+        let spec = &layer.spec;
+        let prefix = spec.name.as_str();
         let (cin, cout, k, stride, pad) = (
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel,
-            layer.stride,
-            layer.padding,
+            spec.in_channels,
+            spec.out_channels,
+            spec.kernel,
+            spec.stride,
+            spec.padding,
         );
         if x.channels() != cin {
             return Err(ExportError::Structure(format!(
@@ -282,6 +196,98 @@ impl Builder {
                 ))
             }
         }
+    }
+
+    fn relu(&mut self, x: Value, scope: &str, which: &str) -> Result<Value, ExportError> {
+        Ok(self.node("Relu", &format!("{scope}.{which}"), &[&x.name], x.shape.clone(), vec![]))
+    }
+
+    fn add(&mut self, block: &BasicBlock, h: Value, skip: Value) -> Result<Value, ExportError> {
+        let prefix = &block.name;
+        if skip.shape != h.shape {
+            return Err(ExportError::Structure(format!(
+                "{prefix}: the residual branch gives {} but the shortcut gives {}",
+                fmt_shape(&h.shape),
+                fmt_shape(&skip.shape)
+            )));
+        }
+        Ok(self.node(
+            "Add",
+            &format!("{prefix}.add"),
+            &[&h.name, &skip.name],
+            h.shape.clone(),
+            vec![],
+        ))
+    }
+
+    fn head(&mut self, x: Value) -> Result<Value, ExportError> {
+        let channels = x.channels();
+        let pooled = self.node(
+            "GlobalAveragePool",
+            arch::POOL,
+            &[&x.name],
+            vec![Dim::Batch, Dim::Fixed(channels), Dim::Fixed(1), Dim::Fixed(1)],
+            vec![],
+        );
+        let flat = self.node(
+            "Flatten",
+            "flatten",
+            &[&pooled.name],
+            vec![Dim::Batch, Dim::Fixed(channels)],
+            vec![attr_int("axis", 1)],
+        );
+
+        let (fc, classes) = (&self.model.fc, self.model.config.num_classes);
+        let weight = format!("{}.weight", arch::HEAD);
+        let bias = format!("{}.bias", arch::HEAD);
+        let fc_w = self.initializer(&weight, &fc.ws, &[classes, channels])?;
+        let fc_b = match &fc.bs {
+            Some(bs) => self.initializer(&bias, bs, &[classes])?,
+            None => self.initializer(&bias, &Tensor::zeros([classes], (Kind::Float, Device::Cpu)), &[classes])?,
+        };
+        let gemm = NodeProto {
+            input: vec![flat.name.clone(), fc_w, fc_b],
+            output: vec![OUTPUT.to_owned()],
+            name: arch::HEAD.to_owned(),
+            op_type: "Gemm".to_owned(),
+            // torch's Linear computes x W^T + b.
+            attribute: vec![attr_int("transB", 1)],
+            ..Default::default()
+        };
+        self.graph.node.push(gemm);
+        let logits = Value {
+            name: OUTPUT.to_owned(),
+            shape: vec![Dim::Batch, Dim::Fixed(classes)],
+        };
+        self.graph.output.push(value_info(&logits));
+        Ok(logits)
+    }
+}
+
+impl Builder<'_> {
+    /// Appends a single-output node and records its output's shape.
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        shape: Vec<Dim>,
+        attribute: Vec<AttributeProto>,
+    ) -> Value {
+        let out = Value {
+            name: name.to_owned(),
+            shape,
+        };
+        self.graph.node.push(NodeProto {
+            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+            output: vec![out.name.clone()],
+            name: name.to_owned(),
+            op_type: op.to_owned(),
+            attribute,
+            ..Default::default()
+        });
+        self.graph.value_info.push(value_info(&out));
+        out
     }
 
     /// Adds `tensor` as an initializer called `name` and returns the name nodes should read:
