@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::router::{call, call_raw, get, load, post};
@@ -390,6 +390,50 @@ fn a_request_over_the_limit_waits_for_a_place_before_it_is_shed() -> Result<()> 
     let answer = waiter.answer()?;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.json()?["predictions"][0]["label"], "red", "{answer:?}");
+    Ok(())
+}
+
+#[test]
+fn a_large_upload_that_expects_100_continue_is_shed_before_it_sends_its_body() -> Result<()> {
+    let served = serve(Limits {
+        max_in_flight: 1,
+        admission_wait: Duration::from_millis(100),
+        deadline: Duration::from_secs(120),
+        ..Limits::default()
+    })?;
+    let png = png();
+    let half = png.len() / 2;
+    let mut holder = Conn::open(served.addr)?;
+    holder.start("POST /v1/predict", "image/png", png.len(), &png[..half])?;
+    // Once a small request is shed, the holder has the only place.
+    let mut shed = false;
+    for _ in 0..100 {
+        let mut probe = Conn::open(served.addr)?;
+        probe.send("POST /v1/predict", "image/png", b"x")?;
+        if probe.answer()?.status == 503 {
+            shed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(shed, "no request was shed while the only place was taken");
+
+    // A body that is not read is never asked for: the client learns it is shed without sending
+    // its 5 MB (a body read before shedding would make hyper answer 100 Continue first).
+    let mut conn = Conn::open(served.addr)?;
+    let stream = conn.0.get_mut();
+    write!(
+        stream,
+        "POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n\
+         Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n"
+    )?;
+    stream.flush()?;
+    let answer = conn.answer()?;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.json()?["error"]["code"], "overloaded", "{answer:?}");
+
+    holder.rest(&png[half..])?;
+    assert_eq!(holder.answer()?.status, 200);
     Ok(())
 }
 
