@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::router::{call, call_raw, get, load, post};
@@ -366,6 +366,44 @@ impl Conn {
     }
 }
 
+/// A prediction request that takes a place and keeps it: its head and half its body are sent,
+/// the rest is held back until [`Holder::finish`].
+struct Holder {
+    conn: Conn,
+    png: Vec<u8>,
+}
+
+impl Holder {
+    fn start(addr: SocketAddr) -> Result<Self> {
+        let png = png();
+        let mut conn = Conn::open(addr)?;
+        conn.start("POST /v1/predict", "image/png", png.len(), &png[..png.len() / 2])?;
+        Ok(Self { conn, png })
+    }
+
+    /// Sends the rest of the body; the answer.
+    fn finish(mut self) -> Result<Answer> {
+        self.conn.rest(&self.png[self.png.len() / 2..])?;
+        self.conn.answer()
+    }
+}
+
+/// Sends `body` as a prediction on new connections until one is shed: until the holder has
+/// its place, a request may take it instead (and is answered 400: not an image). That
+/// connection and its 503.
+fn first_shed(addr: SocketAddr, body: &[u8]) -> Result<(Conn, Answer)> {
+    for _ in 0..100 {
+        let mut conn = Conn::open(addr)?;
+        conn.send("POST /v1/predict", "image/png", body)?;
+        let answer = conn.answer()?;
+        if answer.status == 503 {
+            return Ok((conn, answer));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!("no request was shed while the only place was taken")
+}
+
 #[test]
 fn a_request_over_the_limit_waits_for_a_place_before_it_is_shed() -> Result<()> {
     let served = serve(Limits {
@@ -374,18 +412,14 @@ fn a_request_over_the_limit_waits_for_a_place_before_it_is_shed() -> Result<()> 
         deadline: Duration::from_secs(120),
         ..Limits::default()
     })?;
-    let png = png();
-    let half = png.len() / 2;
     // The holder takes the only place and keeps it while the rest of its body is not sent.
-    let mut holder = Conn::open(served.addr)?;
-    holder.start("POST /v1/predict", "image/png", png.len(), &png[..half])?;
+    let holder = Holder::start(served.addr)?;
     std::thread::sleep(Duration::from_millis(300));
     let mut waiter = Conn::open(served.addr)?;
-    waiter.send("POST /v1/predict", "image/png", &png)?;
+    waiter.send("POST /v1/predict", "image/png", &png())?;
     // Shed at once, the waiter would have its 503 by now; it waits for the holder's place.
     std::thread::sleep(Duration::from_millis(300));
-    holder.rest(&png[half..])?;
-    let answer = holder.answer()?;
+    let answer = holder.finish()?;
     assert_eq!(answer.status, 200, "{answer:?}");
     let answer = waiter.answer()?;
     assert_eq!(answer.status, 200, "{answer:?}");
@@ -401,22 +435,9 @@ fn a_large_upload_that_expects_100_continue_is_shed_before_it_sends_its_body() -
         deadline: Duration::from_secs(120),
         ..Limits::default()
     })?;
-    let png = png();
-    let half = png.len() / 2;
-    let mut holder = Conn::open(served.addr)?;
-    holder.start("POST /v1/predict", "image/png", png.len(), &png[..half])?;
+    let holder = Holder::start(served.addr)?;
     // Once a small request is shed, the holder has the only place.
-    let mut shed = false;
-    for _ in 0..100 {
-        let mut probe = Conn::open(served.addr)?;
-        probe.send("POST /v1/predict", "image/png", b"x")?;
-        if probe.answer()?.status == 503 {
-            shed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ensure!(shed, "no request was shed while the only place was taken");
+    first_shed(served.addr, b"x")?;
 
     // A body that is not read is never asked for: the client learns it is shed without sending
     // its 5 MB (a body read before shedding would make hyper answer 100 Continue first).
@@ -432,8 +453,7 @@ fn a_large_upload_that_expects_100_continue_is_shed_before_it_sends_its_body() -
     assert_eq!(answer.status, 503, "{answer:?}");
     assert_eq!(answer.json()?["error"]["code"], "overloaded", "{answer:?}");
 
-    holder.rest(&png[half..])?;
-    assert_eq!(holder.answer()?.status, 200);
+    assert_eq!(holder.finish()?.status, 200);
     Ok(())
 }
 
@@ -446,26 +466,9 @@ fn a_shed_request_keeps_its_connection_and_every_refusal_is_the_error_json() -> 
         deadline: Duration::from_secs(120),
         ..Limits::default()
     })?;
-    let png = png();
-    let half = png.len() / 2;
-    let mut holder = Conn::open(served.addr)?;
-    holder.start("POST /v1/predict", "image/png", png.len(), &png[..half])?;
+    let holder = Holder::start(served.addr)?;
     // More than hyper reads with the head, less than a shed body that is read and dropped.
-    let junk = vec![b'x'; 40_000];
-    // Until the holder has its place, a request may get it instead (and is answered 400: not
-    // an image); the next is tried.
-    let mut shed = None;
-    for _ in 0..100 {
-        let mut conn = Conn::open(served.addr)?;
-        conn.send("POST /v1/predict", "image/png", &junk)?;
-        let answer = conn.answer()?;
-        if answer.status == 503 {
-            shed = Some((conn, answer));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (mut conn, answer) = shed.context("no request was shed while the only place was taken")?;
+    let (mut conn, answer) = first_shed(served.addr, &[b'x'; 40_000])?;
     assert_eq!(answer.header("retry-after"), Some("1"), "{answer:?}");
     let reply = answer.json()?;
     assert_eq!(reply["error"]["code"], "overloaded", "{reply}");
@@ -496,8 +499,7 @@ fn a_shed_request_keeps_its_connection_and_every_refusal_is_the_error_json() -> 
 
     // The place is free again: the holder is answered, and a body over the limit is refused in
     // the error JSON.
-    holder.rest(&png[half..])?;
-    assert_eq!(holder.answer()?.status, 200);
+    assert_eq!(holder.finish()?.status, 200);
     conn.send("POST /v1/predict", "image/png", &vec![0; 100_001])?;
     let answer = conn.answer()?;
     assert_eq!(answer.status, 413, "{answer:?}");
