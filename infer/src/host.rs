@@ -1,6 +1,7 @@
 //! The hosts around the router: AWS Lambda (API Gateway REST and HTTP APIs, Function URLs, ALB;
 //! `lambda_http` decodes base64 binary bodies; beside them, Step Functions Distributed Map
-//! batches) and a plain HTTP server with graceful shutdown that has a deadline.
+//! batches) and a plain HTTP server with graceful shutdown that has a deadline, whose connections
+//! close with a lingering close ([`crate::linger`]).
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -11,10 +12,11 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::api::{AppState, Drain, Limits, router};
+use crate::api::{AppState, DEFAULT_MAX_BODY, Drain, Limits, router};
 use crate::batch::{BatchConfig, Engine, Health};
 use crate::bulk::map::{MapBatch, Worker as MapWorker};
 use crate::graph_cache::{CacheOutcome, GraphCache};
+use crate::linger::{self, Linger};
 use crate::metrics::Metrics;
 use crate::model::{Classifier, LoadOptions, ModelError, Overrides};
 use crate::source::{ModelSource, SourceError};
@@ -158,6 +160,8 @@ pub struct App {
     pub health: Arc<Health>,
     /// Ends the requests in flight when shutdown's grace period is over.
     pub drain: Drain,
+    /// How connections close (sized by the body limit).
+    pub linger: Linger,
 }
 
 /// [`app`], with the batch workers' health and the drain.
@@ -173,15 +177,22 @@ pub fn build(classifier: Arc<Classifier>, batching: BatchConfig, limits: Limits)
         decoding: Arc::new(Semaphore::new(limits.max_decoding.max(1))),
         drain: drain.clone(),
     }));
-    App { router, health, drain }
+    App {
+        router,
+        health,
+        drain,
+        linger: Linger::for_body_limit(limits.max_body),
+    }
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and finishes the requests in flight.
+/// Serves until `shutdown` resolves, then stops accepting and finishes the requests in flight;
+/// connections close as `serve_app`'s do ([`crate::linger`]), for bodies up to the default limit.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = linger::Listener::new(listener, Linger::for_body_limit(DEFAULT_MAX_BODY));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
@@ -207,7 +218,12 @@ pub async fn serve_app(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), ServeError> {
-    let App { router, health, drain } = app;
+    let App {
+        router,
+        health,
+        drain,
+        linger,
+    } = app;
     let lost = Arc::new(AtomicBool::new(false));
     let (stopping, stopped) = oneshot::channel::<()>();
     let signal = {
@@ -227,7 +243,7 @@ pub async fn serve_app(
             });
         }
     };
-    let serving = axum::serve(listener, router)
+    let serving = axum::serve(linger::Listener::new(listener, linger), router)
         .with_graceful_shutdown(signal)
         .into_future();
     tokio::pin!(serving);

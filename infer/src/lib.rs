@@ -16,6 +16,7 @@
 //! - [`api`]: the HTTP router: the page, v1, the Open Inference Protocol, errors and the OpenAPI
 //!   document.
 //! - [`host`]: the Lambda and plain-server hosts around the router.
+//! - [`linger`]: the plain server's lingering close, so that a client still sending gets its answer.
 //! - [`logging`]: text logs, or JSON lines with the request id when Lambda asks for JSON.
 //! - [`bulk`]: classifying every object under an S3 prefix or a folder (`infer predict`), and the
 //!   Step Functions Distributed Map worker.
@@ -25,6 +26,7 @@ pub mod batch;
 pub mod bulk;
 pub mod graph_cache;
 pub mod host;
+pub mod linger;
 pub mod location;
 pub mod logging;
 pub mod metrics;

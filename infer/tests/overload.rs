@@ -277,10 +277,11 @@ fn serve(limits: Limits) -> Result<Served> {
         .enable_all()
         .build()?;
     let addr = runtime.block_on(async {
-        let app = infer::host::app(load(&TinyModel::rgb(32))?, BatchConfig::default(), limits);
+        let app = infer::host::build(load(&TinyModel::rgb(32))?, BatchConfig::default(), limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(infer::host::serve(listener, app, std::future::pending()));
+        let grace = Duration::from_secs(1);
+        tokio::spawn(infer::host::serve_app(listener, app, std::future::pending(), grace));
         anyhow::Ok(addr)
     })?;
     Ok(Served {
@@ -457,6 +458,74 @@ fn a_large_upload_that_expects_100_continue_is_shed_before_it_sends_its_body() -
     Ok(())
 }
 
+/// The limits of the lingering-close tests: one place, and a client over it shed soon.
+fn one_place(max_body: usize) -> Limits {
+    Limits {
+        max_in_flight: 1,
+        admission_wait: Duration::from_millis(100),
+        max_body,
+        deadline: Duration::from_secs(120),
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn a_shed_upload_too_long_to_read_first_gets_its_503_after_sending_its_body() -> Result<()> {
+    // More than the socket buffers of both ends hold, so that the body must be read for the
+    // client to finish writing it.
+    let length = 16 * 1024 * 1024;
+    let served = serve(one_place(length))?;
+    let holder = Holder::start(served.addr)?;
+    first_shed(served.addr, b"x")?;
+
+    // A client that writes its whole body before it reads, as many do: the server answers 503
+    // once the head is in, and must not close the connection under the body still coming (the
+    // client's writes would fail with a reset, and its unread 503 be lost).
+    let mut conn = Conn::open(served.addr)?;
+    conn.start("POST /v1/predict", "image/jpeg", length, &[])?;
+    conn.rest(&vec![0; length])
+        .context("the upload was cut off after it was shed")?;
+    let answer = conn.answer().context("the 503 was lost")?;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.json()?["error"]["code"], "overloaded", "{answer:?}");
+    assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
+
+    assert_eq!(holder.finish()?.status, 200);
+    Ok(())
+}
+
+#[test]
+fn a_shed_client_that_goes_on_sending_or_stops_is_closed_within_the_lingering_bounds() -> Result<()> {
+    let max_body = 1024 * 1024;
+    let served = serve(one_place(max_body))?;
+    let holder = Holder::start(served.addr)?;
+    first_shed(served.addr, b"x")?;
+
+    // Past the body limit, what still comes is not read: a client that sends far more is closed.
+    let mut conn = Conn::open(served.addr)?;
+    let length = 64 * max_body;
+    conn.start("POST /v1/predict", "image/jpeg", length, &[])?;
+    assert!(
+        conn.rest(&vec![0; length]).is_err(),
+        "{length} bytes were read after a 503, with a body limit of {max_body}"
+    );
+
+    // A client that stops sending half way is closed after the idle time, its 503 first.
+    let mut conn = Conn::open(served.addr)?;
+    conn.start("POST /v1/predict", "image/jpeg", 100_000, &[0; 50_000])?;
+    let answer = conn.answer()?;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    conn.0.get_ref().set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut rest = Vec::new();
+    conn.0
+        .read_to_end(&mut rest)
+        .context("a lingering connection that sent nothing was not closed")?;
+    assert!(rest.is_empty(), "{rest:?}");
+
+    assert_eq!(holder.finish()?.status, 200);
+    Ok(())
+}
+
 #[test]
 fn a_shed_request_keeps_its_connection_and_every_refusal_is_the_error_json() -> Result<()> {
     let served = serve(Limits {
@@ -470,6 +539,7 @@ fn a_shed_request_keeps_its_connection_and_every_refusal_is_the_error_json() -> 
     // More than hyper reads with the head, less than a shed body that is read and dropped.
     let (mut conn, answer) = first_shed(served.addr, &[b'x'; 40_000])?;
     assert_eq!(answer.header("retry-after"), Some("1"), "{answer:?}");
+    assert_eq!(answer.header("connection"), None, "{answer:?}");
     let reply = answer.json()?;
     assert_eq!(reply["error"]["code"], "overloaded", "{reply}");
     assert!(

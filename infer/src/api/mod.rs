@@ -351,28 +351,45 @@ async fn shed(req: Request, limit: usize) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if length.is_some_and(|n| n <= DISCARD_MAX) {
-        let _ = tokio::time::timeout(DISCARD_TIME, discard(req.into_body(), DISCARD_MAX)).await;
-    }
+    let read = length.is_some_and(|n| n <= DISCARD_MAX)
+        && tokio::time::timeout(DISCARD_TIME, discard(req.into_body(), DISCARD_MAX))
+            .await
+            .is_ok_and(|ended| ended);
     let err = ApiError::unavailable(
         "overloaded",
         format!("the server is handling its limit of {limit} requests; try again shortly"),
     );
-    if v2 {
+    let mut response = if v2 {
         V2Error(err).into_response()
     } else {
         err.into_response()
+    };
+    // The rest of an unread body would be taken for the next request: the connection ends
+    // after this answer (lingering until the client stops sending, crate::linger), and the
+    // client is told so instead of finding out on its next request.
+    if !read {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    response
 }
 
-/// Reads `body` to its end, keeping none of it, unless it is longer than `max` bytes.
-async fn discard(mut body: axum::body::Body, max: u64) {
+/// Reads `body` to its end, keeping none of it, unless it is longer than `max` bytes; whether it
+/// was read to its end.
+async fn discard(mut body: axum::body::Body, max: u64) -> bool {
     let mut left = max;
-    while let Some(Ok(frame)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
-        let n = frame.data_ref().map_or(0, |data| data.len() as u64);
-        match left.checked_sub(n) {
-            Some(rest) => left = rest,
-            None => return,
+    loop {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            None => return true,
+            Some(Err(_)) => return false,
+            Some(Ok(frame)) => {
+                let n = frame.data_ref().map_or(0, |data| data.len() as u64);
+                match left.checked_sub(n) {
+                    Some(rest) => left = rest,
+                    None => return false,
+                }
+            }
         }
     }
 }

@@ -1,0 +1,207 @@
+//! Lingering close for the plain server's connections: when the server closes a connection whose
+//! client may still be sending (an upload shed with 503 before its body was read, one refused
+//! with 413), it stops writing, then reads and drops what still arrives for a bounded while
+//! before it closes.
+//!
+//! Closing a TCP socket with unread data makes the kernel answer with a reset, and a client that
+//! is still writing its body then sees its write fail (or its unread answer thrown away) instead
+//! of the 503 it was sent: the same failure Apache's and nginx's lingering close exist for. The
+//! read side stays open only after the answer is out, so a client that reads while it writes
+//! (most HTTP clients) stops at once, and one that writes all of its body first has it read and
+//! dropped. Bounded in places, bytes and time ([`Linger`]): past them, a connection is closed
+//! as before.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How much lingering the server allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Linger {
+    /// Connections lingering at once; a connection closed while all of them are taken is closed
+    /// at once.
+    pub places: usize,
+    /// Bytes read and dropped from one connection before it is closed anyway: at least the body
+    /// limit, so that a client that writes its whole body before it reads sees its answer.
+    pub max_bytes: u64,
+    /// How long one connection may linger in all.
+    pub max_time: Duration,
+    /// How long a lingering connection may send nothing before it is closed.
+    pub idle: Duration,
+}
+
+/// The default [`Linger::places`]: each holds one read buffer ([`BUFFER`]).
+pub const DEFAULT_PLACES: usize = 64;
+
+/// The read buffer of one lingering connection.
+const BUFFER: usize = 64 * 1024;
+
+impl Linger {
+    /// Lingering for a server whose request bodies are at most `max_body` bytes.
+    pub fn for_body_limit(max_body: usize) -> Self {
+        Self {
+            places: DEFAULT_PLACES,
+            max_bytes: u64::try_from(max_body).unwrap_or(u64::MAX),
+            max_time: Duration::from_secs(5),
+            idle: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A TCP listener whose connections linger when they are closed.
+#[derive(Debug)]
+pub struct Listener {
+    inner: TcpListener,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    linger: Linger,
+    places: Arc<Semaphore>,
+}
+
+impl Listener {
+    pub fn new(inner: TcpListener, linger: Linger) -> Self {
+        let places = Arc::new(Semaphore::new(linger.places));
+        Self {
+            inner,
+            shared: Arc::new(Shared { linger, places }),
+        }
+    }
+}
+
+impl axum::serve::Listener for Listener {
+    type Io = Lingering;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // axum's own accept: it logs and retries on errors, and sets nothing on the socket.
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let io = Lingering {
+            stream: Some(stream),
+            shared: Arc::clone(&self.shared),
+        };
+        (io, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that lingers when it is dropped ([`Listener`]).
+#[derive(Debug)]
+pub struct Lingering {
+    /// Taken only when dropped.
+    stream: Option<TcpStream>,
+    shared: Arc<Shared>,
+}
+
+impl Lingering {
+    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        self.stream
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(stream) => stream.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut().stream() {
+            Ok(stream) => stream.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().stream() {
+            Ok(stream) => stream.poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.as_ref().is_some_and(AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(stream) => stream.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(stream) => stream.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        // The usual end of a keep-alive connection: the client closed it and sent nothing more.
+        let mut probe = [0; 1];
+        match stream.try_read(&mut probe) {
+            Ok(0) => return,
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return,
+            Ok(_) | Err(_) => {}
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(place) = Arc::clone(&self.shared.places).try_acquire_owned() else {
+            return;
+        };
+        runtime.spawn(linger(stream, self.shared.linger, place));
+    }
+}
+
+/// Ends `stream`'s writing, then reads and drops what arrives until the client closes or a bound
+/// of `linger` is reached; then closes it.
+async fn linger(mut stream: TcpStream, linger: Linger, _place: OwnedSemaphorePermit) {
+    let drain = async {
+        // The end of the answer, if hyper did not send it already; an error means the client is
+        // gone, and there is nothing left to read.
+        stream.shutdown().await?;
+        let mut buffer = vec![0; BUFFER];
+        let mut left = linger.max_bytes;
+        while left > 0 {
+            let n = tokio::time::timeout(linger.idle, stream.read(&mut buffer))
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n as u64);
+        }
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(linger.max_time, drain).await;
+}
