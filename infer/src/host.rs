@@ -162,6 +162,8 @@ pub struct App {
     pub drain: Drain,
     /// How connections close (sized by the body limit).
     pub linger: Linger,
+    /// The router's metrics, where the lingering closes are counted too.
+    pub metrics: Arc<Metrics>,
 }
 
 /// [`app`], with the batch workers' health and the drain.
@@ -172,7 +174,7 @@ pub fn build(classifier: Arc<Classifier>, batching: BatchConfig, limits: Limits)
     let drain = Drain::default();
     let router = router(Arc::new(AppState {
         engine,
-        metrics,
+        metrics: Arc::clone(&metrics),
         limits,
         decoding: Arc::new(Semaphore::new(limits.max_decoding.max(1))),
         drain: drain.clone(),
@@ -182,6 +184,7 @@ pub fn build(classifier: Arc<Classifier>, batching: BatchConfig, limits: Limits)
         health,
         drain,
         linger: Linger::for_body_limit(limits.max_body),
+        metrics,
     }
 }
 
@@ -192,7 +195,7 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = linger::Listener::new(listener, Linger::for_body_limit(DEFAULT_MAX_BODY));
+    let listener = linger::Listener::new(listener, Linger::for_body_limit(DEFAULT_MAX_BODY), None);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
@@ -223,6 +226,7 @@ pub async fn serve_app(
         health,
         drain,
         linger,
+        metrics,
     } = app;
     let lost = Arc::new(AtomicBool::new(false));
     let (stopping, stopped) = oneshot::channel::<()>();
@@ -243,7 +247,7 @@ pub async fn serve_app(
             });
         }
     };
-    let serving = axum::serve(linger::Listener::new(listener, linger), router)
+    let serving = axum::serve(linger::Listener::new(listener, linger, Some(metrics)), router)
         .with_graceful_shutdown(signal)
         .into_future();
     tokio::pin!(serving);

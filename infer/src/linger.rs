@@ -9,7 +9,8 @@
 //! read side stays open only after the answer is out, so a client that reads while it writes
 //! (most HTTP clients) stops at once, and one that writes all of its body first has it read and
 //! dropped. Bounded in places, bytes and time ([`Linger`]): past them, a connection is closed
-//! as before.
+//! as before. How each lingering ended ([`Ending`]) is counted in the server's metrics, so that
+//! an operator can see how many clients were closed under.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
 
 /// How much lingering the server allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,14 +69,60 @@ pub struct Listener {
 struct Shared {
     linger: Linger,
     places: Arc<Semaphore>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Listener {
-    pub fn new(inner: TcpListener, linger: Linger) -> Self {
+    /// Lingering within `linger`, each ending counted in `metrics` where there are some.
+    pub fn new(inner: TcpListener, linger: Linger, metrics: Option<Arc<Metrics>>) -> Self {
         let places = Arc::new(Semaphore::new(linger.places));
         Self {
             inner,
-            shared: Arc::new(Shared { linger, places }),
+            shared: Arc::new(Shared {
+                linger,
+                places,
+                metrics,
+            }),
+        }
+    }
+}
+
+/// How a connection that had to linger was closed: the `outcome` label of
+/// `infer_lingering_closes_total`. Every ending but [`Ending::Drained`] closes the connection
+/// with data unread, so the client may see a reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The client closed its side: everything it sent was read.
+    Drained,
+    /// No place was free ([`Linger::places`]): closed at once.
+    Refused,
+    /// It sent more than [`Linger::max_bytes`].
+    OverBytes,
+    /// It was still sending after [`Linger::max_time`].
+    OverTime,
+    /// It sent nothing for [`Linger::idle`] and did not close.
+    Idle,
+    /// Its socket failed (most often: the client reset it first).
+    Failed,
+}
+
+impl Ending {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Drained => "drained",
+            Self::Refused => "refused",
+            Self::OverBytes => "over_bytes",
+            Self::OverTime => "over_time",
+            Self::Idle => "idle",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl Shared {
+    fn count(&self, ending: Ending) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record_lingering(ending.label());
         }
     }
 }
@@ -177,31 +226,39 @@ impl Drop for Lingering {
             return;
         };
         let Ok(place) = Arc::clone(&self.shared.places).try_acquire_owned() else {
+            self.shared.count(Ending::Refused);
             return;
         };
-        runtime.spawn(linger(stream, self.shared.linger, place));
+        let shared = Arc::clone(&self.shared);
+        runtime.spawn(async move {
+            let ending = linger(stream, shared.linger, place).await;
+            shared.count(ending);
+        });
     }
 }
 
 /// Ends `stream`'s writing, then reads and drops what arrives until the client closes or a bound
 /// of `linger` is reached; then closes it.
-async fn linger(mut stream: TcpStream, linger: Linger, _place: OwnedSemaphorePermit) {
+async fn linger(mut stream: TcpStream, linger: Linger, _place: OwnedSemaphorePermit) -> Ending {
     let drain = async {
         // The end of the answer, if hyper did not send it already; an error means the client is
         // gone, and there is nothing left to read.
-        stream.shutdown().await?;
+        if stream.shutdown().await.is_err() {
+            return Ending::Failed;
+        }
         let mut buffer = vec![0; BUFFER];
         let mut left = linger.max_bytes;
         while left > 0 {
-            let n = tokio::time::timeout(linger.idle, stream.read(&mut buffer))
-                .await
-                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-            if n == 0 {
-                break;
+            match tokio::time::timeout(linger.idle, stream.read(&mut buffer)).await {
+                Err(_) => return Ending::Idle,
+                Ok(Err(_)) => return Ending::Failed,
+                Ok(Ok(0)) => return Ending::Drained,
+                Ok(Ok(n)) => left = left.saturating_sub(n as u64),
             }
-            left = left.saturating_sub(n as u64);
         }
-        io::Result::Ok(())
+        Ending::OverBytes
     };
-    let _ = tokio::time::timeout(linger.max_time, drain).await;
+    tokio::time::timeout(linger.max_time, drain)
+        .await
+        .unwrap_or(Ending::OverTime)
 }

@@ -1,5 +1,6 @@
 //! Prometheus text metrics: requests by route and status, a latency histogram per route, and the
-//! sizes of the batches the model ran. Every label comes from a closed set (the methods below,
+//! sizes of the batches the model ran, and how the connections that had to linger were closed
+//! ([`crate::linger`]). Every label comes from a closed set (the methods below,
 //! the router's own route templates, the status codes), so no client can add a series.
 
 use std::collections::BTreeMap;
@@ -63,6 +64,7 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     batches: Histogram,
     images: u64,
+    lingering: BTreeMap<&'static str, u64>,
 }
 
 /// The server's counters; cheap to update from every request.
@@ -92,6 +94,14 @@ impl Metrics {
         if let Ok(mut inner) = self.inner.lock() {
             inner.batches.observe(&BATCH_BUCKETS, images as f64);
             inner.images += images as u64;
+        }
+    }
+
+    /// One connection that lingered before it was closed, by how it ended (a closed set of
+    /// labels: [`crate::linger::Ending::label`]).
+    pub fn record_lingering(&self, outcome: &'static str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            *inner.lingering.entry(outcome).or_default() += 1;
         }
     }
 
@@ -127,6 +137,14 @@ impl Metrics {
         out.push_str("# HELP infer_images_total Images classified.\n");
         out.push_str("# TYPE infer_images_total counter\n");
         let _ = writeln!(out, "infer_images_total {}", inner.images);
+        out.push_str(
+            "# HELP infer_lingering_closes_total Connections closed while the client may still have \
+             been sending, by how their lingering ended.\n",
+        );
+        out.push_str("# TYPE infer_lingering_closes_total counter\n");
+        for (outcome, n) in &inner.lingering {
+            let _ = writeln!(out, "infer_lingering_closes_total{{outcome=\"{outcome}\"}} {n}");
+        }
         out
     }
 }

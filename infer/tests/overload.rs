@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -272,12 +273,18 @@ struct Served {
 }
 
 fn serve(limits: Limits) -> Result<Served> {
+    serve_lingering(limits, infer::linger::DEFAULT_PLACES)
+}
+
+/// [`serve`], with `places` connections lingering at once.
+fn serve_lingering(limits: Limits, places: usize) -> Result<Served> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let addr = runtime.block_on(async {
-        let app = infer::host::build(load(&TinyModel::rgb(32))?, BatchConfig::default(), limits);
+        let mut app = infer::host::build(load(&TinyModel::rgb(32))?, BatchConfig::default(), limits);
+        app.linger.places = places;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let grace = Duration::from_secs(1);
@@ -458,6 +465,35 @@ fn a_large_upload_that_expects_100_continue_is_shed_before_it_sends_its_body() -
     Ok(())
 }
 
+/// The lingering closes that /metrics counts, by outcome.
+fn lingering(addr: SocketAddr) -> Result<BTreeMap<String, u64>> {
+    let mut conn = Conn::open(addr)?;
+    conn.send("GET /metrics", "text/plain", b"")?;
+    let text = String::from_utf8(conn.answer()?.body)?;
+    text.lines()
+        .filter_map(|l| l.strip_prefix("infer_lingering_closes_total{outcome=\""))
+        .map(|l| {
+            let (outcome, n) = l.split_once("\"} ").with_context(|| format!("a metrics line: {l}"))?;
+            Ok((outcome.to_owned(), n.parse()?))
+        })
+        .collect()
+}
+
+/// Waits until /metrics counts exactly `expected` lingering closes (the tasks that count them
+/// end after the client's last read); the counts seen otherwise.
+fn await_lingering(addr: SocketAddr, expected: &[(&str, u64)]) -> Result<()> {
+    let expected: BTreeMap<String, u64> = expected.iter().map(|(o, n)| ((*o).to_owned(), *n)).collect();
+    let mut seen = BTreeMap::new();
+    for _ in 0..200 {
+        seen = lingering(addr)?;
+        if seen == expected {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!("lingering closes: expected {expected:?}, /metrics counts {seen:?}")
+}
+
 /// The limits of the lingering-close tests: one place, and a client over it shed soon.
 fn one_place(max_body: usize) -> Limits {
     Limits {
@@ -489,6 +525,29 @@ fn a_shed_upload_too_long_to_read_first_gets_its_503_after_sending_its_body() ->
     assert_eq!(answer.status, 503, "{answer:?}");
     assert_eq!(answer.json()?["error"]["code"], "overloaded", "{answer:?}");
     assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
+    drop(conn);
+    await_lingering(served.addr, &[("drained", 1)])?;
+
+    assert_eq!(holder.finish()?.status, 200);
+    Ok(())
+}
+
+#[test]
+fn with_no_lingering_place_free_a_shed_upload_is_cut_off_and_counted() -> Result<()> {
+    let length = 16 * 1024 * 1024;
+    let served = serve_lingering(one_place(length), 0)?;
+    let holder = Holder::start(served.addr)?;
+    first_shed(served.addr, b"x")?;
+
+    // The bound on places is what cuts clients off when too many linger at once: the test above
+    // with none free.
+    let mut conn = Conn::open(served.addr)?;
+    conn.start("POST /v1/predict", "image/jpeg", length, &[])?;
+    assert!(
+        conn.rest(&vec![0; length]).is_err(),
+        "a {length}-byte upload was read after its 503 with no lingering place"
+    );
+    await_lingering(served.addr, &[("refused", 1)])?;
 
     assert_eq!(holder.finish()?.status, 200);
     Ok(())
@@ -521,6 +580,7 @@ fn a_shed_client_that_goes_on_sending_or_stops_is_closed_within_the_lingering_bo
         .read_to_end(&mut rest)
         .context("a lingering connection that sent nothing was not closed")?;
     assert!(rest.is_empty(), "{rest:?}");
+    await_lingering(served.addr, &[("idle", 1), ("over_bytes", 1)])?;
 
     assert_eq!(holder.finish()?.status, 200);
     Ok(())

@@ -288,6 +288,8 @@ struct Point {
     probe_non200: usize,
     probe_not_error_json: usize,
     probe_cut: usize,
+    /// The server's lingering closes during the point, by outcome (`infer_lingering_closes_total`).
+    lingering: BTreeMap<String, u64>,
     wall_s: f64,
 }
 
@@ -298,10 +300,27 @@ struct Probes {
     cut: usize,
 }
 
+/// The server's `infer_lingering_closes_total` counts, by outcome.
+fn lingering(agent: &ureq::Agent, server: &Server) -> Result<BTreeMap<String, u64>> {
+    let text = agent
+        .get(format!("{}/metrics", server.base()))
+        .call()?
+        .body_mut()
+        .read_to_string()?;
+    text.lines()
+        .filter_map(|l| l.strip_prefix("infer_lingering_closes_total{outcome=\""))
+        .map(|l| {
+            let (outcome, n) = l.split_once("\"} ").with_context(|| format!("a /metrics line: {l}"))?;
+            Ok((outcome.to_owned(), n.parse()?))
+        })
+        .collect()
+}
+
 fn point(args: &Args, span_s: f64, server: &Server, input: &Input, c: usize) -> Result<Point> {
     let deadline = Duration::from_millis(args.deadline_ms);
     let url = format!("{}{}", server.base(), input.path);
     let agent = agent(deadline + Duration::from_secs(5));
+    let before = lingering(&agent, server)?;
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let prober = scope.spawn(|| {
@@ -334,6 +353,11 @@ fn point(args: &Args, span_s: f64, server: &Server, input: &Input, c: usize) -> 
             .join()
             .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
         let rows = rows?;
+        let mut lingered = lingering(&agent, server)?;
+        for (outcome, n) in &mut lingered {
+            *n -= before.get(outcome).copied().unwrap_or(0);
+        }
+        lingered.retain(|_, n| *n > 0);
         let mut ok: Vec<f64> = rows.iter().filter(|(code, _)| code == "200").map(|r| r.1).collect();
         ok.sort_by(f64::total_cmp);
         let p99_ok_s = (!ok.is_empty()).then(|| ok[(0.99 * (ok.len() - 1) as f64) as usize]);
@@ -348,6 +372,7 @@ fn point(args: &Args, span_s: f64, server: &Server, input: &Input, c: usize) -> 
             probe_non200: probes.seen,
             probe_not_error_json: probes.bad,
             probe_cut: probes.cut,
+            lingering: lingered,
             wall_s,
         })
     })
