@@ -48,6 +48,29 @@ impl Histogram {
     }
 }
 
+/// The counter of [`Metrics::record_lingering`].
+const LINGERING: &str = "infer_lingering_closes_total";
+
+/// A line of [`LINGERING`] in an exposition that [`lingering_closes`] cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("a malformed {LINGERING} line in the metrics: {0:?}")]
+pub struct MalformedLine(pub String);
+
+/// The lingering closes counted in an exposition that [`Metrics::render`] wrote, by outcome (for
+/// the tests and the overload bench, which read `/metrics` over HTTP).
+pub fn lingering_closes(exposition: &str) -> Result<BTreeMap<String, u64>, MalformedLine> {
+    let prefix = format!("{LINGERING}{{outcome=\"");
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix).map(|rest| (line, rest)))
+        .map(|(line, rest)| {
+            rest.split_once("\"} ")
+                .and_then(|(outcome, n)| Some((outcome.to_owned(), n.parse().ok()?)))
+                .ok_or_else(|| MalformedLine(line.to_owned()))
+        })
+        .collect()
+}
+
 /// The methods counted by name; every other one is counted as `other`.
 const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -137,13 +160,14 @@ impl Metrics {
         out.push_str("# HELP infer_images_total Images classified.\n");
         out.push_str("# TYPE infer_images_total counter\n");
         let _ = writeln!(out, "infer_images_total {}", inner.images);
-        out.push_str(
-            "# HELP infer_lingering_closes_total Connections closed while the client may still have \
-             been sending, by how their lingering ended.\n",
+        let _ = writeln!(
+            out,
+            "# HELP {LINGERING} Connections closed while the client may still have been sending, by \
+             how their lingering ended."
         );
-        out.push_str("# TYPE infer_lingering_closes_total counter\n");
+        let _ = writeln!(out, "# TYPE {LINGERING} counter");
         for (outcome, n) in &inner.lingering {
-            let _ = writeln!(out, "infer_lingering_closes_total{{outcome=\"{outcome}\"}} {n}");
+            let _ = writeln!(out, "{LINGERING}{{outcome=\"{outcome}\"}} {n}");
         }
         out
     }
@@ -185,5 +209,19 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("BREW"), "{text}");
+    }
+
+    #[test]
+    fn lingering_closes_read_back_as_rendered() -> Result<(), MalformedLine> {
+        let m = Metrics::default();
+        assert!(lingering_closes(&m.render())?.is_empty());
+        for outcome in ["drained", "drained", "refused"] {
+            m.record_lingering(outcome);
+        }
+        let counts = lingering_closes(&m.render())?;
+        let expected = BTreeMap::from([("drained".to_owned(), 2), ("refused".to_owned(), 1)]);
+        assert_eq!(counts, expected);
+        assert!(lingering_closes(&format!("{LINGERING}{{outcome=\"idle\"}} many")).is_err());
+        Ok(())
     }
 }

@@ -469,14 +469,9 @@ fn a_large_upload_that_expects_100_continue_is_shed_before_it_sends_its_body() -
 fn lingering(addr: SocketAddr) -> Result<BTreeMap<String, u64>> {
     let mut conn = Conn::open(addr)?;
     conn.send("GET /metrics", "text/plain", b"")?;
-    let text = String::from_utf8(conn.answer()?.body)?;
-    text.lines()
-        .filter_map(|l| l.strip_prefix("infer_lingering_closes_total{outcome=\""))
-        .map(|l| {
-            let (outcome, n) = l.split_once("\"} ").with_context(|| format!("a metrics line: {l}"))?;
-            Ok((outcome.to_owned(), n.parse()?))
-        })
-        .collect()
+    Ok(infer::metrics::lingering_closes(&String::from_utf8(
+        conn.answer()?.body,
+    )?)?)
 }
 
 /// Waits until /metrics counts exactly `expected` lingering closes (the tasks that count them

@@ -307,13 +307,7 @@ fn lingering(agent: &ureq::Agent, server: &Server) -> Result<BTreeMap<String, u6
         .call()?
         .body_mut()
         .read_to_string()?;
-    text.lines()
-        .filter_map(|l| l.strip_prefix("infer_lingering_closes_total{outcome=\""))
-        .map(|l| {
-            let (outcome, n) = l.split_once("\"} ").with_context(|| format!("a /metrics line: {l}"))?;
-            Ok((outcome.to_owned(), n.parse()?))
-        })
-        .collect()
+    Ok(infer::metrics::lingering_closes(&text)?)
 }
 
 fn point(args: &Args, span_s: f64, server: &Server, input: &Input, c: usize) -> Result<Point> {
