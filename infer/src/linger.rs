@@ -89,8 +89,9 @@ impl Listener {
 }
 
 /// How a connection that had to linger was closed: the `outcome` label of
-/// `infer_lingering_closes_total`. Every ending but [`Ending::Drained`] closes the connection
-/// with data unread, so the client may see a reset.
+/// `infer_lingering_closes_total`. [`Ending::Refused`], [`Ending::OverBytes`] and
+/// [`Ending::OverTime`] may close it with data unread, so that the client sees a reset;
+/// [`Ending::Drained`] and [`Ending::Idle`] leave nothing unread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
     /// The client closed its side: everything it sent was read.
