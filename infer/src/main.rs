@@ -118,7 +118,8 @@ struct ServeArgs {
     #[arg(long, env = "INFER_MAX_IN_FLIGHT", default_value_t = NonZeroUsize::new(infer::api::DEFAULT_MAX_IN_FLIGHT).unwrap_or(NonZeroUsize::MIN))]
     max_in_flight: NonZeroUsize,
     /// Milliseconds a prediction request over --max-in-flight waits for a place before it is
-    /// answered 503 (0: at once); part of its deadline.
+    /// answered 503 (0: at once); part of its deadline. Waiters get places in order until the
+    /// oldest has waited half of this, then newest first.
     #[arg(long, env = "INFER_ADMISSION_WAIT_MS", default_value_t = infer::api::DEFAULT_ADMISSION_WAIT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(0..=MAX_DEADLINE_MS))]
     admission_wait_ms: u64,

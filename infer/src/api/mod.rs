@@ -6,12 +6,13 @@
 //! (`error`). The routes live in one table ([`routes`]).
 //!
 //! The prediction routes are bounded ([`router`]): at most `max_in_flight` requests at once (one
-//! more waits up to `admission_wait` for a place, then is shed with 503 and `Retry-After`), each
-//! answered within `deadline` (504 after it), whatever part of the work it was in: waiting for a
-//! place, reading the body, waiting to decode, decoding, or waiting for the model. The model's queue is bounded too (503 when full,
-//! [`crate::batch`]), and when shutdown's grace period runs out every request still in flight is
-//! answered 503 ([`Drain`]).
+//! more waits up to `admission_wait` for a place, then is shed with 503 and `Retry-After`;
+//! `admission`), each answered within `deadline` (504 after it), whatever part of the work it
+//! was in: waiting for a place, reading the body, waiting to decode, decoding, or waiting for the
+//! model. The model's queue is bounded too (503 when full, [`crate::batch`]), and when
+//! shutdown's grace period runs out every request still in flight is answered 503 ([`Drain`]).
 
+mod admission;
 mod error;
 mod meta;
 pub mod openapi;
@@ -26,7 +27,6 @@ use std::time::{Duration, Instant};
 use axum::BoxError;
 use axum::Router;
 use axum::body::Bytes;
-use axum::body::HttpBody as _;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::handler::Handler;
@@ -71,8 +71,10 @@ pub struct Limits {
     /// memory that bodies take; a request waiting for a place holds none of its body.
     pub max_in_flight: usize,
     /// How long a request over `max_in_flight` waits for a place before it is shed; part of
-    /// its `deadline`. A client shed at once comes straight back, so under a flood the 503s
-    /// alone can take the CPU; a short wait bounds their rate to the waiting clients per wait.
+    /// its `deadline`. Waiters are served in order until the oldest has waited half of it, then
+    /// newest first, so that those admitted under a standing queue have not spent most of their
+    /// deadline waiting. A client shed at once comes straight back, so under a flood the 503s
+    /// alone can take the CPU; the wait bounds their rate to the waiting clients per wait.
     pub admission_wait: Duration,
     /// Requests waiting for the model at once ([`crate::batch`]); one more is answered 503.
     pub max_queue: usize,
@@ -85,7 +87,7 @@ pub struct Limits {
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
 /// The default `Limits::admission_wait` (infer/BENCHMARKS.md, "Overload").
-pub const DEFAULT_ADMISSION_WAIT: Duration = Duration::from_millis(3000);
+pub const DEFAULT_ADMISSION_WAIT: Duration = Duration::from_millis(6000);
 
 /// The default `Limits::deadline`.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
@@ -230,20 +232,20 @@ pub fn routes() -> Vec<Route> {
 /// The router with every route, error class, metrics and request-id logging; the prediction
 /// routes (every `POST`) behind the guard: the deadline (tower's timeout, its error the error
 /// JSON: [`guard_error`]) around admission, a concurrency limit that all of them share with load
-/// shedding after a short wait ([`admit`]).
+/// shedding after a wait (`admission`).
 /// Around every route: the request id (tower-http's, made by [`NextId`] when the client sent
 /// none that [`settle_request_id`] kept, and echoed on the reply), a span with it around every
 /// log line and one `done` line per request (tower-http's `TraceLayer`), and the metrics.
 pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.limits.max_body;
     let deadline = state.limits.deadline;
-    let admission = Admission::new(&state.limits);
+    let places = admission::Places::new(state.limits.max_in_flight, state.limits.admission_wait);
     let guard = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(move |uri: Uri, err: BoxError| {
             std::future::ready(guard_error(&uri, &err, deadline))
         }))
         .layer(TimeoutLayer::new(deadline))
-        .layer(middleware::from_fn_with_state(admission, admit));
+        .layer(middleware::from_fn_with_state(places, admission::admit));
     let mut router = Router::new();
     for (route, handler) in table() {
         let handler = match route.verb {
@@ -298,99 +300,6 @@ fn guard_error(uri: &Uri, err: &BoxError, deadline: Duration) -> Response {
         V2Error(err).into_response()
     } else {
         err.into_response()
-    }
-}
-
-/// The places for prediction requests ([`Limits::max_in_flight`]).
-#[derive(Debug, Clone)]
-struct Admission {
-    places: Arc<Semaphore>,
-    limit: usize,
-    wait: Duration,
-}
-
-impl Admission {
-    fn new(limits: &Limits) -> Self {
-        let limit = limits.max_in_flight.max(1);
-        Self {
-            places: Arc::new(Semaphore::new(limit)),
-            limit,
-            wait: limits.admission_wait,
-        }
-    }
-}
-
-/// Runs the request in one of the places, waiting up to `admission_wait` for one (first come,
-/// first served); sheds it with 503 if none came free.
-async fn admit(State(admission): State<Admission>, req: Request, next: Next) -> Response {
-    let place = match Arc::clone(&admission.places).try_acquire_owned() {
-        Ok(place) => Some(place),
-        Err(_) if admission.wait.is_zero() => None,
-        Err(_) => tokio::time::timeout(admission.wait, Arc::clone(&admission.places).acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok),
-    };
-    let Some(_place) = place else {
-        return shed(req, admission.limit).await;
-    };
-    next.run(req).await
-}
-
-/// A shed request's body is read and dropped when it is at most this long: hyper keeps a
-/// connection open only if the request's body was read to its end, and a new connection for
-/// every shed request costs both ends more than reading a few tens of kilobytes.
-const DISCARD_MAX: u64 = 64 * 1024;
-/// How long a shed request's body may take to arrive; a slower client loses its connection.
-const DISCARD_TIME: Duration = Duration::from_millis(100);
-
-async fn shed(req: Request, limit: usize) -> Response {
-    let v2 = is_v2(&req);
-    let length = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let read = length.is_some_and(|n| n <= DISCARD_MAX)
-        && tokio::time::timeout(DISCARD_TIME, discard(req.into_body(), DISCARD_MAX))
-            .await
-            .is_ok_and(|ended| ended);
-    let err = ApiError::unavailable(
-        "overloaded",
-        format!("the server is handling its limit of {limit} requests; try again shortly"),
-    );
-    let mut response = if v2 {
-        V2Error(err).into_response()
-    } else {
-        err.into_response()
-    };
-    // The rest of an unread body would be taken for the next request: the connection ends
-    // after this answer (lingering until the client stops sending, crate::linger), and the
-    // client is told so instead of finding out on its next request.
-    if !read {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
-/// Reads `body` to its end, keeping none of it, unless it is longer than `max` bytes; whether it
-/// was read to its end.
-async fn discard(mut body: axum::body::Body, max: u64) -> bool {
-    let mut left = max;
-    loop {
-        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
-            None => return true,
-            Some(Err(_)) => return false,
-            Some(Ok(frame)) => {
-                let n = frame.data_ref().map_or(0, |data| data.len() as u64);
-                match left.checked_sub(n) {
-                    Some(rest) => left = rest,
-                    None => return false,
-                }
-            }
-        }
     }
 }
 
