@@ -42,7 +42,9 @@ pub struct Linger {
 
 /// The default [`Linger::places`]. A place holds no buffer of its own (what arrives is dropped
 /// in the kernel, [`discard`]), only the connection's socket for at most [`Linger::max_time`].
-pub const DEFAULT_PLACES: usize = 256;
+/// Clients that came at once are shed at once when their admission wait ends, so the places
+/// are sized for such a burst of a thousand clients, not for the average.
+pub const DEFAULT_PLACES: usize = 1024;
 
 /// The most bytes one [`discard`] drops.
 const CHUNK: usize = 1024 * 1024;
