@@ -249,44 +249,48 @@ mod tests {
         assert!(places.acquire().await.is_some(), "the freed place");
     }
 
+    /// One place held, a waiter, `gap` later another, then the place freed: the waiter that
+    /// got it (the other still waiting), and the other's task.
+    async fn served_after(
+        places: &Places,
+        gap: Duration,
+    ) -> (&'static str, Place, tokio::task::JoinHandle<Option<Place>>) {
+        let held = places.acquire().await;
+        let oldest = waiter(places).await;
+        tokio::time::advance(gap).await;
+        let newest = waiter(places).await;
+        drop(held);
+        tokio::task::yield_now().await;
+        let (name, served, other) = if oldest.is_finished() {
+            ("oldest", oldest, newest)
+        } else {
+            ("newest", newest, oldest)
+        };
+        let place = served.await.expect("the served waiter").expect("a place");
+        assert!(!other.is_finished(), "one place was freed, one waiter served");
+        (name, place, other)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_short_queue_is_served_in_order() {
         let places = Places::new(1, WAIT);
-        let held = places.acquire().await;
-        let first = waiter(&places).await;
-        tokio::time::advance(Duration::from_millis(100)).await;
-        let second = waiter(&places).await;
-        drop(held);
-        let first = first.await.expect("the first waiter");
-        assert!(
-            first.is_some(),
-            "the oldest waiter gets the place while the queue is short"
-        );
-        assert_eq!(waiting(&places), 1);
-        drop(first);
+        let (served, place, second) = served_after(&places, Duration::from_millis(100)).await;
+        assert_eq!(served, "oldest", "the queue was short");
+        drop(place);
         assert!(second.await.expect("the second waiter").is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_standing_queue_serves_the_newest_and_sheds_the_oldest_when_its_wait_ends() {
         let places = Places::new(1, WAIT);
-        let held = places.acquire().await;
-        let oldest = waiter(&places).await;
-        tokio::time::advance(WAIT / 2).await;
-        let newest = waiter(&places).await;
-        drop(held);
-        let newest = newest.await.expect("the newest waiter");
-        assert!(
-            newest.is_some(),
-            "the newest waiter gets the place once the queue stands"
-        );
-        assert!(!oldest.is_finished(), "the oldest still waits");
+        let (served, place, oldest) = served_after(&places, WAIT / 2).await;
+        assert_eq!(served, "newest", "the oldest had waited half its wait");
         tokio::time::advance(WAIT / 2).await;
         assert!(
             oldest.await.expect("the oldest waiter").is_none(),
             "shed when its wait ended"
         );
-        drop(newest);
+        drop(place);
         assert!(places.acquire().await.is_some(), "the place is free again");
     }
 
