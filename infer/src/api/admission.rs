@@ -294,36 +294,28 @@ mod tests {
         assert!(places.acquire().await.is_some(), "the place is free again");
     }
 
+    /// The freed place goes on to the waiter still waiting, whether the one that left was the
+    /// oldest (the queue short) or the newest (the queue standing: newest first).
     #[tokio::test(start_paused = true)]
-    async fn a_waiter_that_stopped_waiting_is_passed_over() {
-        let places = Places::new(1, WAIT);
-        let held = places.acquire().await;
-        let gone = waiter(&places).await;
-        let next = waiter(&places).await;
-        gone.abort();
-        let _ = gone.await;
-        drop(held);
-        assert!(
-            next.await.expect("the next waiter").is_some(),
-            "the place skips a dropped waiter"
-        );
-        assert_eq!(waiting(&places), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_standing_queue_passes_over_a_newest_waiter_that_left() {
-        let places = Places::new(1, WAIT);
-        let held = places.acquire().await;
-        let oldest = waiter(&places).await;
-        tokio::time::advance(WAIT / 2).await;
-        let gone = waiter(&places).await;
-        gone.abort();
-        let _ = gone.await;
-        drop(held);
-        assert!(
-            oldest.await.expect("the oldest waiter").is_some(),
-            "the place goes on to the one still waiting"
-        );
+    async fn a_waiter_that_left_is_passed_over() {
+        for (gap, oldest_leaves) in [(Duration::ZERO, true), (WAIT / 2, false)] {
+            let places = Places::new(1, WAIT);
+            let held = places.acquire().await;
+            let oldest = waiter(&places).await;
+            tokio::time::advance(gap).await;
+            let newest = waiter(&places).await;
+            let (gone, staying) = if oldest_leaves {
+                (oldest, newest)
+            } else {
+                (newest, oldest)
+            };
+            gone.abort();
+            let _ = gone.await;
+            drop(held);
+            let served = staying.await.expect("the waiter still waiting");
+            assert!(served.is_some(), "gap {gap:?}: the place skips the waiter that left");
+            assert_eq!(waiting(&places), 0, "gap {gap:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
