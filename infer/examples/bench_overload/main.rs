@@ -14,6 +14,10 @@
 //! 200 again (a few probes; the first one sent at once). While the load runs, a few requests sent
 //! from here check that every non-200 body is the error JSON (`{"error": {"code", "message"}}` or
 //! the V2 `{"error": "<message>"}`). Every run is bounded: hey -z, and hey's own -t timeout.
+//! Also per point: the CPU cores of the server and of `hey`, and what the kernel's TCP stack went
+//! through (`kernel.rs`: time under TCP memory pressure, segments dropped and sent again), since
+//! `hey`'s send queues share the server's kernel. `--rounds N` runs it all N times, each round
+//! with its own c=8, so that a ratio always compares points minutes apart.
 //!
 //! `--cost`: the CPU seconds `infer serve` and `hey` spend per answered 200 and per shed 503.
 //! Per input, run 1 (only 200s): a fresh `infer serve` with the --serve-arg flags, hey at c=8;
@@ -39,7 +43,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 mod cost;
+mod kernel;
 use cost::{CostRun, cost_run};
+use kernel::{Counters, TcpStack};
 
 #[derive(Parser, Debug)]
 #[command(about = "The overload run behind infer/BENCHMARKS.md: infer serve driven by hey")]
@@ -74,6 +80,10 @@ struct Args {
     /// CPU per 200 and per 503 instead of the overload points.
     #[arg(long)]
     cost: bool,
+    /// Run the points this many times over, each round with its own c=8 to compare against;
+    /// not --cost.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// One input: the request hey and the probes send.
@@ -290,6 +300,12 @@ struct Point {
     probe_cut: usize,
     /// The server's lingering closes during the point, by outcome (`infer_lingering_closes_total`).
     lingering: BTreeMap<String, u64>,
+    /// CPU cores the server and `hey` used over hey's run.
+    server_cores: f64,
+    hey_cores: f64,
+    /// The kernel's TCP stack over hey's run (`kernel.rs`).
+    tcp: TcpStack,
+    round: usize,
     wall_s: f64,
 }
 
@@ -310,7 +326,7 @@ fn lingering(agent: &ureq::Agent, server: &Server) -> Result<BTreeMap<String, u6
     Ok(infer::metrics::lingering_closes(&text)?)
 }
 
-fn point(args: &Args, span_s: f64, server: &Server, input: &Input, c: usize) -> Result<Point> {
+fn point(args: &Args, span_s: f64, server: &Server, input: &Input, c: usize, round: usize) -> Result<Point> {
     let deadline = Duration::from_millis(args.deadline_ms);
     let url = format!("{}{}", server.base(), input.path);
     let agent = agent(deadline + Duration::from_secs(5));
@@ -334,9 +350,13 @@ fn point(args: &Args, span_s: f64, server: &Server, input: &Input, c: usize) -> 
             }
             probes
         });
+        let (counters, server_cpu, hey_cpu) = (Counters::read(), cpu_s(server.pid()), children_cpu_s());
         let start = Instant::now();
         let rows = hey(&url, input, c, &args.duration, deadline.as_secs() + 5);
         let wall_s = start.elapsed().as_secs_f64();
+        let tcp = TcpStack::between(&counters?, &Counters::read()?);
+        let server_cores = (cpu_s(server.pid())? - server_cpu?) / wall_s;
+        let hey_cores = (children_cpu_s() - hey_cpu) / wall_s;
         stop.store(true, Ordering::Relaxed);
         // Recovery: the first 200 for one request after the load.
         let after = Instant::now();
@@ -367,6 +387,10 @@ fn point(args: &Args, span_s: f64, server: &Server, input: &Input, c: usize) -> 
             probe_not_error_json: probes.bad,
             probe_cut: probes.cut,
             lingering: lingered,
+            server_cores,
+            hey_cores,
+            tcp,
+            round,
             wall_s,
         })
     })
@@ -503,9 +527,13 @@ fn main() -> Result<()> {
         }
     } else {
         let server = Server::start(&args, &[], true)?;
-        for input in inputs(&args, &server, work.path())? {
-            for c in std::iter::once(8).chain(concurrency.iter().copied()) {
-                print_line(Row::Point(point(&args, span_s, &server, &input, c)?), &mut results)?;
+        let inputs = inputs(&args, &server, work.path())?;
+        for round in 1..=args.rounds {
+            for input in &inputs {
+                for c in std::iter::once(8).chain(concurrency.iter().copied()) {
+                    let point = point(&args, span_s, &server, input, c, round)?;
+                    print_line(Row::Point(point), &mut results)?;
+                }
             }
         }
     }
