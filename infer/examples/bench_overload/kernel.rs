@@ -2,9 +2,10 @@
 //! so its send queues (up to `net.ipv4.tcp_wmem`'s maximum for each of its c connections while
 //! they wait for admission) count against the same `net.ipv4.tcp_mem` as the server's sockets.
 //! Past that limit's middle value the kernel is under TCP memory pressure: it prunes receive
-//! queues and drops arriving segments, the admitted uploads among them, which are then sent
-//! again. On a real network the clients' send queues are on their own machines, so a point that
-//! spent its time under pressure measured the load generator as much as the server.
+//! queues, drops arriving segments (which are then sent again) and keeps `hey`'s queues from
+//! growing, which changes how much of the shared CPU `hey` takes. On a real network the clients'
+//! send queues are on their own machines, so these counters say how far a point measured the
+//! shared kernel rather than the server.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 /// Counters of /proc/net/snmp and /proc/net/netstat, as "Group.Name" -> value.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub(super) struct Counters(BTreeMap<String, u64>);
 
 /// The counters read: memory pressure, what it dropped, and the segments sent again.
